@@ -1,0 +1,114 @@
+"""Eager input validation shared by the library.
+
+Every check raises one ``ValueError``/``TypeError`` that names the argument, the value it got and what
+was expected. Checks that need concrete tensor values are skipped for tensors wrapped by ``torch.func``
+transforms (``vmap``/``grad``), where reading a value is impossible or would break tracing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "is_concrete",
+    "check_open_unit_interval",
+    "check_positive",
+    "check_finite",
+    "check_task_ids",
+    "check_same_dtype",
+]
+
+
+def _short(value: Any) -> str:
+    """Return a short printable form of ``value`` for error messages."""
+    if isinstance(value, Tensor):
+        if value.numel() <= 6:
+            return f"tensor({value.detach().cpu().tolist()})"
+        return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    return repr(value)
+
+
+def is_concrete(x: Tensor) -> bool:
+    """Whether ``x`` holds readable values (is not a ``torch.func`` batched/grad-tracking wrapper)."""
+    try:
+        return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    except AttributeError:  # pragma: no cover - very old torch
+        return True
+
+
+def check_open_unit_interval(name: str, value: float | Tensor) -> None:
+    """Check ``0 < value < 1`` elementwise (e.g. PopArt's step size beta)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor in (0, 1), got {type(value).__name__} {value!r}")
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor in (0, 1), got dtype {value.dtype}")
+        if not is_concrete(value):
+            return
+        ok = bool(torch.all((value > 0) & (value < 1)))
+    else:
+        ok = math.isfinite(value) and 0.0 < value < 1.0
+    if not ok:
+        raise ValueError(f"{name} must lie in the open interval (0, 1), got {_short(value)}")
+
+
+def check_positive(name: str, value: float | Tensor) -> None:
+    """Check ``value > 0`` elementwise and finite (e.g. a learning rate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a positive float or tensor, got {type(value).__name__} {value!r}")
+    if isinstance(value, Tensor):
+        if not is_concrete(value):
+            return
+        ok = bool(torch.all(torch.isfinite(value) & (value > 0)))
+    else:
+        ok = math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{name} must be positive and finite, got {_short(value)}")
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    """Check a tensor has no NaN or infinity."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if is_concrete(value) and not bool(torch.isfinite(value).all()):
+        bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} must be finite, got a non-finite value {value[tuple(bad)].item()} at index {bad}"
+        )
+
+
+def check_task_ids(name: str, task_ids: Tensor, num_outputs: int, batch_shape: torch.Size) -> None:
+    """Check integer task ids with the batch's shape, each in ``[0, num_outputs)``."""
+    if not isinstance(task_ids, Tensor):
+        raise TypeError(f"{name} must be an integer tensor, got {type(task_ids).__name__}")
+    if task_ids.is_floating_point() or task_ids.is_complex() or task_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {task_ids.dtype}")
+    if task_ids.shape != batch_shape:
+        raise ValueError(
+            f"{name} must have shape {tuple(batch_shape)} (the targets' shape), got {tuple(task_ids.shape)}"
+        )
+    if is_concrete(task_ids) and task_ids.numel() > 0:
+        lo, hi = int(task_ids.min()), int(task_ids.max())
+        if lo < 0 or hi >= num_outputs:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} must lie in [0, {num_outputs}) (num_outputs={num_outputs}), got {bad}")
+
+
+def check_same_dtype(**tensors: Tensor) -> None:
+    """Check all given floating-point tensors share one dtype."""
+    items = [(k, v) for k, v in tensors.items() if isinstance(v, Tensor)]
+    if not items:
+        return
+    ref_name, ref = items[0]
+    for name, t in items[1:]:
+        if t.dtype != ref.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; expected one dtype "
+                "(cast with .to(dtype) first)"
+            )

@@ -1,0 +1,459 @@
+"""Differentiable PopArt: adaptive target normalization that preserves outputs.
+
+PopArt (van Hasselt et al., 2016) splits a value network into a body ``h = h_theta(x)`` and a last linear
+layer ``(W, b)``. The layer predicts *normalized* values ``n(x) = W h + b``; the unnormalized prediction is
+``f(x) = sigma * n(x) + mu``. Two steps keep the normalization adaptive:
+
+* **ART** (:func:`art`) tracks the targets' mean ``mu`` and scale ``sigma`` with step size ``beta``;
+* **POP** (:func:`pop`) rescales ``(W, b)`` so that ``f(x)`` is unchanged by the new statistics.
+
+Everything here is a pure function of tensors and a :class:`PopArtState` NamedTuple. Nothing edits
+``.data`` or works in place, so gradients flow through the statistics into ``beta`` and the targets and
+meta-gradient engines (``torch.func``, ``higher``, TorchOpt) can differentiate through PopArt. Whether
+gradients flow through the new statistics is an explicit argument of :func:`art` (``stop_gradient``).
+
+Example:
+    >>> import torch
+    >>> from metaopt import popart
+    >>> state = popart.init(1, dtype=torch.float64)
+    >>> w, b = torch.randn(1, 4, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    >>> new = popart.art(state, torch.tensor([100.0, 120.0], dtype=torch.float64), beta=0.5)
+    >>> w, b = popart.pop(w, b, state, new)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from metaopt._validation import (
+    check_finite,
+    check_open_unit_interval,
+    check_positive,
+    check_same_dtype,
+    check_task_ids,
+)
+
+__all__ = [
+    "PopArtState",
+    "init",
+    "art",
+    "pop",
+    "normalize",
+    "unnormalize",
+    "normalized_sgd_step",
+    "PopArtHead",
+]
+
+DEFAULT_SIGMA_MIN = 1e-4
+DEFAULT_SIGMA_MAX = 1e6
+
+
+class PopArtState(NamedTuple):
+    """Running target statistics of PopArt, one entry per output (or per task).
+
+    Attributes:
+        mu: ``[num_outputs]`` running mean of the targets.
+        sigma: ``[num_outputs]`` running scale (standard deviation) of the targets, kept in
+            ``[sigma_min, sigma_max]``.
+        count: ``[num_outputs]`` number of ART updates that touched each output (same dtype as ``mu``;
+            used by the debiased step size).
+    """
+
+    mu: Tensor
+    sigma: Tensor
+    count: Tensor
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of independent statistics (outputs or tasks)."""
+        return self.mu.shape[-1]
+
+
+def init(
+    num_outputs: int = 1, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> PopArtState:
+    """Initial statistics ``mu = 0``, ``sigma = 1`` (the identity normalization).
+
+    Args:
+        num_outputs: Number of outputs (or tasks) with their own statistics.
+        dtype: Floating dtype of the state (default: torch's default dtype).
+        device: Device of the state.
+
+    Returns:
+        A :class:`PopArtState` with ``mu``, ``sigma`` and ``count`` of shape ``[num_outputs]``.
+    """
+    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int):
+        raise TypeError(f"num_outputs must be a positive int, got {type(num_outputs).__name__} {num_outputs!r}")
+    if num_outputs < 1:
+        raise ValueError(f"num_outputs must be a positive int, got {num_outputs}")
+    dtype = dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    kw = {"dtype": dtype, "device": device}
+    return PopArtState(torch.zeros(num_outputs, **kw), torch.ones(num_outputs, **kw), torch.zeros(num_outputs, **kw))
+
+
+def _check_state(state: PopArtState, name: str = "state") -> None:
+    if not isinstance(state, PopArtState):
+        raise TypeError(f"{name} must be a PopArtState (see metaopt.popart.init), got {type(state).__name__}")
+    if state.mu.shape != state.sigma.shape or state.mu.shape != state.count.shape or state.mu.dim() != 1:
+        raise ValueError(
+            f"{name} fields must all have shape [num_outputs], got mu {tuple(state.mu.shape)}, "
+            f"sigma {tuple(state.sigma.shape)}, count {tuple(state.count.shape)}"
+        )
+
+
+def _group_targets(
+    state: PopArtState, targets: Tensor, task_ids: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Return ``(Y, M)`` of shape ``[B, K]``: targets per output and a 0/1 membership mask."""
+    k = state.num_outputs
+    if task_ids is None:
+        if k == 1:
+            y = targets.reshape(-1, 1)
+        else:
+            if targets.dim() == 0 or targets.shape[-1] != k:
+                raise ValueError(
+                    f"targets must have a last dimension of size num_outputs={k} when task_ids is None, "
+                    f"got shape {tuple(targets.shape)}"
+                )
+            y = targets.reshape(-1, k)
+        return y, torch.ones_like(y)
+    check_task_ids("task_ids", task_ids, k, targets.shape)
+    ids = task_ids.reshape(-1)
+    mask = (ids.unsqueeze(-1) == torch.arange(k, device=ids.device)).to(targets.dtype)
+    return targets.reshape(-1, 1).expand(-1, k), mask
+
+
+def art(
+    state: PopArtState,
+    targets: Tensor,
+    beta: float | Tensor,
+    *,
+    task_ids: Tensor | None = None,
+    stop_gradient: bool = False,
+    debias: bool = False,
+    sigma_min: float = DEFAULT_SIGMA_MIN,
+    sigma_max: float = DEFAULT_SIGMA_MAX,
+) -> PopArtState:
+    r"""ART: update the target statistics with step size ``beta`` (differentiable).
+
+    Uses the numerically stable centered recursion. For one target ``Y``:
+
+    .. math::
+        d = Y - \mu, \quad \mu' = \mu + \beta d, \quad \sigma'^2 = (1-\beta)(\sigma^2 + \beta d^2),
+
+    which equals :math:`\nu' - \mu'^2` of the textbook form (``nu`` the second moment) without its
+    catastrophic cancellation. **Batch semantics:** a batch of ``n`` targets for one output is one ART
+    step with the batch mean ``m`` and (population) batch variance ``v``:
+    ``d = m - mu``, ``mu' = mu + beta d``, ``sigma'^2 = (1-beta)(sigma^2 + beta d^2) + beta v`` — exactly
+    the update of ``mu`` and ``nu`` with the batch means of ``Y`` and ``Y^2`` (rlax's rule). Outputs that
+    receive no target keep their statistics. ``sigma'`` is clipped into ``[sigma_min, sigma_max]``;
+    while the clip is active its gradient is zero.
+
+    Args:
+        state: Current statistics.
+        targets: Unnormalized targets. With ``task_ids=None``: any shape if ``num_outputs == 1``,
+            otherwise ``[..., num_outputs]`` (one target per output per sample). With ``task_ids``: any
+            shape, each element belongs to the output named by ``task_ids`` at the same position.
+        beta: Step size in ``(0, 1)``; a float, or a tensor (scalar or ``[num_outputs]``) that may require
+            grad (the result is differentiable w.r.t. it).
+        task_ids: Optional integer tensor with ``targets``' shape, values in ``[0, num_outputs)``
+            (multi-task PopArt: per-task statistics).
+        stop_gradient: If True, the returned statistics are detached (rlax's behaviour): no gradient
+            flows into ``beta`` or the targets through them. Default False (metaopt's differentiable mode).
+        debias: If True, use ``beta_t = beta / (1 - (1 - beta)^t)`` with ``t`` the output's update count,
+            which removes the initialization bias of a constant step size.
+        sigma_min: Lower bound of ``sigma`` (> 0).
+        sigma_max: Upper bound of ``sigma``.
+
+    Returns:
+        The new :class:`PopArtState`.
+
+    Raises:
+        TypeError: wrong types or mixed dtypes.
+        ValueError: ``beta`` outside ``(0, 1)``, non-finite targets, shape mismatches, task ids out of
+            range, bad bounds.
+    """
+    _check_state(state)
+    check_finite("targets", targets)
+    check_same_dtype(**{"state.mu": state.mu, "targets": targets})
+    check_open_unit_interval("beta", beta)
+    if isinstance(beta, Tensor):
+        check_same_dtype(**{"state.mu": state.mu, "beta": beta})
+        if beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] not in (1, state.num_outputs)):
+            raise ValueError(
+                f"beta must be a scalar or have shape [num_outputs]=[{state.num_outputs}], got {tuple(beta.shape)}"
+            )
+    check_positive("sigma_min", sigma_min)
+    if not sigma_max > sigma_min:
+        raise ValueError(f"sigma_max must be greater than sigma_min={sigma_min}, got {sigma_max}")
+
+    y, mask = _group_targets(state, targets, task_ids)
+    n = mask.sum(0)
+    n_safe = n.clamp(min=1)
+    mean = (mask * y).sum(0) / n_safe
+    var = (mask * (y - mean) ** 2).sum(0) / n_safe
+
+    count = state.count + (n > 0).to(state.count.dtype)
+    b = beta / (1 - (1 - beta) ** count.clamp(min=1)) if debias else beta
+    d = mean - state.mu
+    mu_new = state.mu + b * d
+    var_new = (1 - b) * (state.sigma**2 + b * d**2) + b * var
+    sigma_new = var_new.clamp(min=sigma_min**2).sqrt().clamp(min=sigma_min, max=sigma_max)
+
+    touched = n > 0
+    new = PopArtState(torch.where(touched, mu_new, state.mu), torch.where(touched, sigma_new, state.sigma), count)
+    if stop_gradient:
+        new = PopArtState(*(t.detach() for t in new))
+    return new
+
+
+def _select(state: PopArtState, task_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    if task_ids is None:
+        return state.mu, state.sigma
+    return state.mu[task_ids], state.sigma[task_ids]
+
+
+def pop(
+    weight: Tensor, bias: Tensor, old: PopArtState, new: PopArtState, *, task_ids: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""POP: rescale the last linear layer so unnormalized outputs are preserved (Proposition 1).
+
+    .. math::
+        W' = \frac{\sigma}{\sigma'} W, \qquad b' = \frac{\sigma b + \mu - \mu'}{\sigma'}
+
+    so that :math:`\sigma' (W' h + b') + \mu' = \sigma (W h + b) + \mu` for every ``h``. Out of place and
+    differentiable w.r.t. all inputs.
+
+    Args:
+        weight: ``[rows, in_features]`` (``nn.Linear`` layout; row ``i`` is scaled).
+        bias: ``[rows]``.
+        old: Statistics before the ART step.
+        new: Statistics after the ART step.
+        task_ids: Optional ``[rows]`` integer tensor naming which statistic each row uses. Without it,
+            ``rows`` must equal ``num_outputs`` and row ``i`` uses statistic ``i``.
+
+    Returns:
+        ``(weight', bias')``.
+    """
+    _check_state(old, "old")
+    _check_state(new, "new")
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ValueError(
+            f"weight must be a [rows, in_features] tensor, got {getattr(weight, 'shape', type(weight).__name__)}"
+        )
+    if not isinstance(bias, Tensor) or bias.shape != weight.shape[:1]:
+        raise ValueError(
+            f"bias must have shape [rows]=[{weight.shape[0]}] to match weight, got "
+            f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}"
+        )
+    check_same_dtype(weight=weight, bias=bias, **{"old.mu": old.mu, "new.mu": new.mu})
+    if old.num_outputs != new.num_outputs:
+        raise ValueError(f"new must have num_outputs={old.num_outputs} like old, got {new.num_outputs}")
+    if task_ids is None:
+        if weight.shape[0] != old.num_outputs:
+            raise ValueError(
+                f"weight must have num_outputs={old.num_outputs} rows when task_ids is None, got {weight.shape[0]}"
+            )
+    else:
+        check_task_ids("task_ids", task_ids, old.num_outputs, weight.shape[:1])
+    mu_old, sigma_old = _select(old, task_ids)
+    mu_new, sigma_new = _select(new, task_ids)
+    return weight * (sigma_old / sigma_new).unsqueeze(-1), (sigma_old * bias + mu_old - mu_new) / sigma_new
+
+
+def _broadcast_stats(state: PopArtState, x: Tensor, task_ids: Tensor | None, name: str) -> tuple[Tensor, Tensor]:
+    _check_state(state)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    check_same_dtype(**{"state.mu": state.mu, name: x})
+    if task_ids is not None:
+        check_task_ids("task_ids", task_ids, state.num_outputs, x.shape)
+        return _select(state, task_ids)
+    if state.num_outputs > 1 and (x.dim() == 0 or x.shape[-1] != state.num_outputs):
+        raise ValueError(
+            f"{name} must have a last dimension of size num_outputs={state.num_outputs} when task_ids is None, "
+            f"got shape {tuple(x.shape)}"
+        )
+    return state.mu, state.sigma
+
+
+def normalize(state: PopArtState, y: Tensor, *, task_ids: Tensor | None = None) -> Tensor:
+    r"""Normalize targets: :math:`\tilde y = (y - \mu) / \sigma`.
+
+    Args:
+        state: Statistics.
+        y: Targets; broadcast like :func:`art`'s ``targets`` (last dim = outputs, or any shape for one
+            output), or indexed by ``task_ids`` of the same shape.
+        task_ids: Optional integer tensor with ``y``'s shape.
+
+    Returns:
+        Normalized targets, same shape as ``y``.
+    """
+    mu, sigma = _broadcast_stats(state, y, task_ids, "y")
+    return (y - mu) / sigma
+
+
+def unnormalize(state: PopArtState, n: Tensor, *, task_ids: Tensor | None = None) -> Tensor:
+    r"""Unnormalize outputs: :math:`f = \sigma n + \mu`.
+
+    Args:
+        state: Statistics.
+        n: Normalized outputs (same layout rules as :func:`normalize`).
+        task_ids: Optional integer tensor with ``n``'s shape.
+
+    Returns:
+        Unnormalized values, same shape as ``n``.
+    """
+    mu, sigma = _broadcast_stats(state, n, task_ids, "n")
+    return sigma * n + mu
+
+
+def normalized_sgd_step(
+    body_params: Sequence[Tensor],
+    features: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    targets: Tensor,
+    state: PopArtState,
+    lr: float | Tensor,
+    *,
+    task_ids: Tensor | None = None,
+    create_graph: bool = False,
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    r"""One step of Normalized SGD (PopArt paper, Algorithm 2), out of place.
+
+    The head is kept *unnormalized*: ``W~ = sigma W``, ``b~ = sigma b + mu``. With the prediction error
+    :math:`\tilde\delta = \tilde W h + \tilde b - Y` (averaged over the batch):
+
+    .. math::
+        \theta \leftarrow \theta - \alpha J_\theta^\top (\tilde W/\sigma)^\top \tilde\delta/\sigma, \quad
+        \tilde W \leftarrow \tilde W - \alpha \tilde\delta h^\top, \quad
+        \tilde b \leftarrow \tilde b - \alpha \tilde\delta.
+
+    The body gradient is the plain one scaled by ``1/sigma^2`` per output. Call :func:`art` on the targets
+    first to get ``state`` (no POP is needed: the unnormalized head is unaffected by new statistics). By
+    Proposition 3, from the same start this equals SGD with Pop-Art (Algorithm 1).
+
+    Args:
+        body_params: Parameters of the body that ``features`` was computed from (with autograd history).
+        features: ``[B, in_features]`` body output ``h``.
+        weight: ``[num_outputs, in_features]`` unnormalized head weight ``W~``.
+        bias: ``[num_outputs]`` unnormalized head bias ``b~``.
+        targets: ``[B]`` (one output or with ``task_ids``) or ``[B, num_outputs]`` unnormalized targets.
+        state: Statistics after this step's ART update.
+        lr: Step size ``alpha`` (> 0).
+        task_ids: Optional ``[B]`` integer tensor: sample ``i`` trains output ``task_ids[i]`` only.
+        create_graph: Keep the graph of the step (for meta-gradients through it).
+
+    Returns:
+        ``(new_body_params, new_weight, new_bias)``.
+    """
+    _check_state(state)
+    check_positive("lr", lr)
+    if features.dim() != 2 or weight.dim() != 2 or features.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"features must be [B, in_features] matching weight [num_outputs, in_features]={tuple(weight.shape)}, "
+            f"got {tuple(features.shape)}"
+        )
+    bsz, k = features.shape[0], weight.shape[0]
+    if task_ids is None:
+        if targets.shape not in ((bsz, k),) and not (k == 1 and targets.shape == (bsz,)):
+            raise ValueError(f"targets must have shape [B, num_outputs]=[{bsz}, {k}], got {tuple(targets.shape)}")
+        y = targets.reshape(bsz, k)
+        mask = torch.ones_like(y)
+    else:
+        if targets.shape != (bsz,):
+            raise ValueError(f"targets must have shape [B]=[{bsz}] with task_ids, got {tuple(targets.shape)}")
+        check_task_ids("task_ids", task_ids, k, targets.shape)
+        y = targets.unsqueeze(-1).expand(bsz, k)
+        mask = (task_ids.unsqueeze(-1) == torch.arange(k, device=task_ids.device)).to(y.dtype)
+    if state.num_outputs != k:
+        raise ValueError(f"state must have num_outputs={k} (the head's rows), got {state.num_outputs}")
+
+    delta = mask * (features @ weight.T + bias - y) / bsz  # [B, K], d loss / d prediction
+    body_err = delta / state.sigma**2
+    body_grads = torch.autograd.grad(
+        features, list(body_params), grad_outputs=body_err @ weight, create_graph=create_graph
+    )
+    if not create_graph:
+        delta = delta.detach()
+        features = features.detach()
+    new_body = [p - lr * g for p, g in zip(body_params, body_grads, strict=True)]
+    return new_body, weight - lr * delta.T @ features, bias - lr * delta.sum(0)
+
+
+class PopArtHead(nn.Module):
+    """A linear layer with PopArt statistics, for module-style code.
+
+    ``forward`` returns normalized outputs ``n = W h + b``; :meth:`unnormalized` returns
+    ``sigma * n + mu``. :meth:`update` runs ART on targets then POP on the layer, in place under
+    ``torch.no_grad()`` (through ``copy_``, never ``.data``). For meta-gradients through the statistics use
+    the functional API (:func:`art`, :func:`pop`) or :mod:`metaopt.engines`, which read the statistics
+    from :attr:`state` and the layer's parameters by name (``linear.weight``, ``linear.bias``).
+
+    Args:
+        in_features: Input size.
+        num_outputs: Number of outputs, each with its own statistics.
+        beta: ART step size in ``(0, 1)``.
+        debias: Debiased step size (see :func:`art`).
+        sigma_min: Lower bound of ``sigma``.
+        sigma_max: Upper bound of ``sigma``.
+        dtype: Parameter dtype.
+        device: Parameter device.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int = 1,
+        *,
+        beta: float = 3e-4,
+        debias: bool = False,
+        sigma_min: float = DEFAULT_SIGMA_MIN,
+        sigma_max: float = DEFAULT_SIGMA_MAX,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        check_open_unit_interval("beta", beta)
+        self.beta, self.debias, self.sigma_min, self.sigma_max = beta, debias, sigma_min, sigma_max
+        self.linear = nn.Linear(in_features, num_outputs, dtype=dtype, device=device)
+        s = init(num_outputs, dtype=self.linear.weight.dtype, device=device)
+        self.register_buffer("mu", s.mu)
+        self.register_buffer("sigma", s.sigma)
+        self.register_buffer("count", s.count)
+
+    @property
+    def state(self) -> PopArtState:
+        """The current statistics as a :class:`PopArtState`."""
+        return PopArtState(self.mu, self.sigma, self.count)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Normalized outputs ``W h + b``, shape ``[..., num_outputs]``."""
+        return self.linear(h)
+
+    def unnormalized(self, h: Tensor) -> Tensor:
+        """Unnormalized outputs ``sigma (W h + b) + mu``."""
+        return unnormalize(self.state, self.linear(h))
+
+    @torch.no_grad()
+    def update(self, targets: Tensor, *, task_ids: Tensor | None = None) -> PopArtState:
+        """ART on ``targets`` then POP on the layer, in place; returns the new statistics."""
+        old = self.state
+        new = art(
+            old, targets, self.beta, task_ids=task_ids, debias=self.debias,
+            sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+        )
+        w, b = pop(self.linear.weight, self.linear.bias, old, new)
+        self.linear.weight.copy_(w)
+        self.linear.bias.copy_(b)
+        self.mu.copy_(new.mu)
+        self.sigma.copy_(new.sigma)
+        self.count.copy_(new.count)
+        return self.state
