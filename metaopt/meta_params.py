@@ -1,0 +1,100 @@
+"""Learnable inner-loop hyperparameters: the inner learning rate and PopArt's step size beta.
+
+Both are stored in unconstrained coordinates so that any outer optimizer keeps them valid:
+
+* ``lr = exp(log_lr)`` stays positive (a scalar, or one rate per parameter tensor, Meta-SGD style);
+* ``beta = sigmoid(logit_beta)`` stays inside ``(0, 1)``.
+
+Users choose which are learned (``learn=("lr", "beta")``); the others are buffers without gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metaopt._validation import check_open_unit_interval, check_positive
+
+__all__ = ["MetaParameters", "LEARNABLE"]
+
+LEARNABLE = ("lr", "beta")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MetaParameters(nn.Module):
+    """Inner learning rate(s) and PopArt beta as meta-parameters.
+
+    Args:
+        lr: Initial inner learning rate (> 0).
+        beta: Initial PopArt step size in ``(0, 1)``.
+        learn: Which of ``"lr"``, ``"beta"`` receive meta-gradients.
+        per_parameter: Parameter names that each get their own learning rate (Meta-SGD); ``None`` means
+            one scalar rate for all.
+        dtype: Floating dtype.
+    """
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.1,
+        beta: float = 0.1,
+        learn: Iterable[str] = (),
+        per_parameter: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive("lr", lr)
+        check_open_unit_interval("beta", beta)
+        learn = tuple(learn)
+        unknown = [x for x in learn if x not in LEARNABLE]
+        if unknown:
+            raise ValueError(f"learn must be a subset of {LEARNABLE}, got {learn!r} (unknown: {unknown})")
+        self.learn = learn
+        self.per_parameter = tuple(per_parameter) if per_parameter is not None else None
+        dtype = dtype or torch.get_default_dtype()
+
+        def make(value: float, learned: bool) -> Tensor:
+            t = torch.tensor(value, dtype=dtype)
+            return nn.Parameter(t) if learned else t
+
+        if self.per_parameter is None:
+            self._set("log_lr", make(math.log(lr), "lr" in learn))
+        else:
+            self.log_lrs = nn.ParameterDict() if "lr" in learn else {}
+            for name in self.per_parameter:
+                t = make(math.log(lr), "lr" in learn)
+                if "lr" in learn:
+                    self.log_lrs[_key(name)] = t
+                else:
+                    self.register_buffer(f"log_lr__{_key(name)}", t)
+        self._set("logit_beta", make(math.log(beta) - math.log1p(-beta), "beta" in learn))
+
+    def _set(self, name: str, value: Tensor) -> None:
+        if isinstance(value, nn.Parameter):
+            self.register_parameter(name, value)
+        else:
+            self.register_buffer(name, value)
+
+    def lr(self) -> Tensor | dict[str, Tensor]:
+        """The inner learning rate ``exp(log_lr)``: a 0-dim tensor, or a dict name -> 0-dim tensor."""
+        if self.per_parameter is None:
+            return self.log_lr.exp()
+        if "lr" in self.learn:
+            return {n: self.log_lrs[_key(n)].exp() for n in self.per_parameter}
+        return {n: getattr(self, f"log_lr__{_key(n)}").exp() for n in self.per_parameter}
+
+    def beta(self) -> Tensor:
+        """PopArt's step size ``sigmoid(logit_beta)`` (0-dim tensor in ``(0, 1)``)."""
+        return torch.sigmoid(self.logit_beta)
+
+    def summary(self) -> dict[str, float]:
+        """Current values as plain floats (the mean rate when per-parameter)."""
+        lr = self.lr()
+        lr_value = float(torch.stack(list(lr.values())).mean()) if isinstance(lr, dict) else float(lr)
+        return {"lr": lr_value, "beta": float(self.beta())}
