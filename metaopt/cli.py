@@ -19,11 +19,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "metaopt.experiments.popart_regression",
         "Reproduce PopArt Fig. 1a: binary regression with SGD, ART and PopArt over many seeds.",
     ),
+    "verify": (
+        "metaopt.verify.cli",
+        "Run the catalogue of meta-gradient checks (analytic values and finite differences) on every engine.",
+    ),
+    "maml-rl": (
+        "metaopt.experiments.maml_rl",
+        "MAML-A2C on TabularMDP with PopArt value normalization, learning beta and the inner lr.",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every subcommand's arguments."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="metaopt",
         description="Differentiable PopArt and verified meta-gradients for meta-RL.",
@@ -32,14 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaopt`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

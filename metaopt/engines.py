@@ -430,6 +430,12 @@ def adapt_vmap(
         res = _adapt_func(inner, batch, meta, start, state)
         return res.params, res.popart_state, res.losses
 
-    in_state = 0 if popart_state is not None else None
-    p, s, losses = torch.func.vmap(one, in_dims=(0, in_state), randomness=randomness)(batches, popart_state)
-    return AdaptResult(p, s, losses)
+    def one_without_state(batch: Any) -> tuple[Params, list[Tensor]]:
+        res = _adapt_func(inner, batch, meta, start, None)
+        return res.params, res.losses
+
+    if popart_state is None:
+        p, losses = torch.func.vmap(one_without_state, randomness=randomness)(batches)
+        return AdaptResult(p, None, losses)
+    p, s, losses = torch.func.vmap(one, randomness=randomness)(batches, popart_state)
+    return AdaptResult(p, pa.PopArtState(*s), losses)

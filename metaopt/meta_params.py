@@ -96,5 +96,5 @@ class MetaParameters(nn.Module):
     def summary(self) -> dict[str, float]:
         """Current values as plain floats (the mean rate when per-parameter)."""
         lr = self.lr()
-        lr_value = float(torch.stack(list(lr.values())).mean()) if isinstance(lr, dict) else float(lr)
-        return {"lr": lr_value, "beta": float(self.beta())}
+        lr_value = float(torch.stack(list(lr.values())).detach().mean()) if isinstance(lr, dict) else float(lr.detach())
+        return {"lr": lr_value, "beta": float(self.beta().detach())}

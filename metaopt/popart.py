@@ -280,6 +280,8 @@ def _broadcast_stats(state: PopArtState, x: Tensor, task_ids: Tensor | None, nam
             f"{name} must have a last dimension of size num_outputs={state.num_outputs} when task_ids is None, "
             f"got shape {tuple(x.shape)}"
         )
+    if x.dim() == 0:  # one output, scalar input: keep the result 0-dim ("same shape as y")
+        return state.mu.squeeze(-1), state.sigma.squeeze(-1)
     return state.mu, state.sigma
 
 
@@ -423,8 +425,8 @@ class PopArtHead(nn.Module):
         super().__init__()
         check_open_unit_interval("beta", beta)
         self.beta, self.debias, self.sigma_min, self.sigma_max = beta, debias, sigma_min, sigma_max
-        self.linear = nn.Linear(in_features, num_outputs, dtype=dtype, device=device)
-        s = init(num_outputs, dtype=self.linear.weight.dtype, device=device)
+        s = init(num_outputs, dtype=dtype, device=device)  # validates num_outputs and dtype before nn.Linear
+        self.linear = nn.Linear(in_features, num_outputs, dtype=s.mu.dtype, device=device)
         self.register_buffer("mu", s.mu)
         self.register_buffer("sigma", s.sigma)
         self.register_buffer("count", s.count)

@@ -1,0 +1,202 @@
+"""Actor-critic agent, lambda-returns and the A2C loss, with optional PopArt value normalization.
+
+Everything is functional in the parameters (``params`` dicts used with
+:func:`torch.func.functional_call`) so the same loss runs as a MAML inner or outer loss on any engine and
+under ``torch.func.vmap`` over tasks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metaopt import popart as pa
+from metaopt.engines import InnerLoop, PopArtSpec
+from metaopt.envs import Trajectories
+from metaopt.inner_optim import InnerOptimizer
+
+__all__ = [
+    "ActorCritic",
+    "A2CConfig",
+    "Batch",
+    "task_major",
+    "lambda_returns",
+    "a2c_loss",
+    "returns_targets",
+    "make_inner_loop",
+]
+
+Params = dict[str, Tensor]
+#: One task's trajectories (time-major inside a task): observations [T, B, S], actions/rewards/dones [T, B],
+#: last_observations [B, S]. Stacked over tasks on dim 0 for ``vmap``.
+Batch = dict[str, Tensor]
+
+
+class ActorCritic(nn.Module):
+    """Body ``Linear(S, H)-ReLU-Linear(H, H)-ReLU``, a categorical policy head and a value head.
+
+    The value head outputs *normalized* values ``n(s)`` when PopArt is used (unnormalized
+    ``V(s) = sigma n(s) + mu``); without PopArt, ``n(s)`` is the value itself.
+
+    Args:
+        num_states: Observation size (one-hot states).
+        num_actions: Number of discrete actions.
+        hidden: Hidden width.
+    """
+
+    def __init__(self, num_states: int = 10, num_actions: int = 5, hidden: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(num_states, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.policy = nn.Linear(hidden, num_actions)
+        self.value = nn.Linear(hidden, 1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(logits [..., A], value [...])`` for observations ``[..., S]``."""
+        h = self.body(obs)
+        return self.policy(h), self.value(h).squeeze(-1)
+
+
+class A2CConfig(NamedTuple):
+    """A2C loss settings (TorchOpt's MAML-RL example values).
+
+    Attributes:
+        gamma: Discount.
+        lam: GAE/lambda-return parameter.
+        value_coef: Weight of the value loss.
+        popart_advantages: With PopArt, scale the policy's advantages by ``1/sigma`` (PopArt-IMPALA).
+    """
+
+    gamma: float = 0.99
+    lam: float = 0.95
+    value_coef: float = 0.5
+    popart_advantages: bool = True
+
+
+DEFAULT_A2C = A2CConfig()
+
+
+def task_major(traj: Trajectories) -> Batch:
+    """Convert simulator output (``[T, N, B, ...]``) to a task-major batch dict (``[N, T, B, ...]``)."""
+    return {
+        "observations": traj.observations.transpose(0, 1),
+        "actions": traj.actions.transpose(0, 1),
+        "rewards": traj.rewards.transpose(0, 1),
+        "dones": traj.dones.transpose(0, 1),
+        "last_observations": traj.last_observations,
+    }
+
+
+def lambda_returns(
+    rewards: Tensor, values: Tensor, last_values: Tensor, dones: Tensor, gamma: float, lam: float
+) -> Tensor:
+    r"""Lambda-returns computed backwards over time (dim 0).
+
+    .. math::
+        G_i = r_i + \gamma_i\big((1-\lambda) V(s_{i+1}) + \lambda G_{i+1}\big), \quad
+        \gamma_i = \gamma (1 - \text{done}_i), \quad G_T = V(s_T).
+
+    Args:
+        rewards: ``[T, ...]``.
+        values: ``[T, ...]`` values ``V(s_i)`` (pass detached values for A2C).
+        last_values: ``[...]`` value of the state after the last step.
+        dones: ``[T, ...]`` 1.0 where the episode ended at step ``i``.
+        gamma: Discount.
+        lam: Lambda.
+
+    Returns:
+        ``[T, ...]`` returns.
+    """
+    horizon = rewards.shape[0]
+    next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
+    out = []
+    g = last_values
+    for i in range(horizon - 1, -1, -1):
+        disc = gamma * (1.0 - dones[i])
+        g = rewards[i] + disc * ((1.0 - lam) * next_values[i] + lam * g)
+        out.append(g)
+    return torch.stack(out[::-1], dim=0)
+
+
+def _forward(model: nn.Module, params: Params, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    logits, n = functional_call(model, params, (batch["observations"],))
+    _, n_last = functional_call(model, params, (batch["last_observations"],))
+    return logits, n, n_last
+
+
+def returns_targets(
+    model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig
+) -> Tensor:
+    """Lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``."""
+    _, n, n_last = _forward(model, params, batch)
+    if state is not None:
+        n, n_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
+    return lambda_returns(batch["rewards"], n.detach(), n_last.detach(), batch["dones"], cfg.gamma, cfg.lam)
+
+
+def a2c_loss(
+    model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig = DEFAULT_A2C
+) -> Tensor:
+    r"""A2C loss on one task's trajectories.
+
+    .. math::
+        L = -\operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)) + c_v \operatorname{mean}(A_v^2)
+
+    Without PopArt ``A = A_v = G - V(s)``. With PopArt the value error is normalized,
+    ``A_v = (G - \mu)/\sigma - n(s)``, and the policy uses ``A = A_v`` if ``popart_advantages`` (i.e.
+    ``(G - V)/\sigma``) else ``G - V``. ``G`` are the lambda-returns (:func:`lambda_returns`) with
+    detached bootstrap values.
+
+    Args:
+        model: The :class:`ActorCritic` (its structure; values come from ``params``).
+        params: Parameters by name.
+        batch: One task's trajectories (:data:`Batch`).
+        state: PopArt statistics, or ``None`` for no PopArt.
+        cfg: Loss settings.
+
+    Returns:
+        Scalar loss.
+    """
+    logits, n, n_last = _forward(model, params, batch)
+    if state is None:
+        values, last = n, n_last
+    else:
+        values, last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
+    returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
+    if state is None:
+        adv_value = returns - values
+        adv_policy = adv_value.detach()
+    else:
+        adv_value = pa.normalize(state, returns) - n
+        adv_policy = adv_value.detach() if cfg.popart_advantages else (returns - values).detach()
+    logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+    return -(adv_policy * logp).mean() + cfg.value_coef * (adv_value**2).mean()
+
+
+def make_inner_loop(
+    model: nn.Module,
+    *,
+    popart: bool,
+    steps: int = 1,
+    cfg: A2CConfig = DEFAULT_A2C,
+    optimizer: InnerOptimizer | None = None,
+    first_order: bool = False,
+    truncate: int | None = None,
+) -> InnerLoop:
+    """The MAML-A2C inner loop; with ``popart``, ART runs on the lambda-returns and POP on ``value``."""
+
+    def loss(params: Params, batch: Batch, state: pa.PopArtState | None) -> Tensor:
+        return a2c_loss(model, params, batch, state, cfg)
+
+    spec = None
+    if popart:
+        spec = PopArtSpec(
+            "value.weight", "value.bias", targets=lambda p, b, s: returns_targets(model, p, b, s, cfg)
+        )
+    return InnerLoop(
+        loss, steps=steps, optimizer=optimizer or InnerOptimizer(), first_order=first_order, truncate=truncate,
+        popart=spec,
+    )

@@ -1,0 +1,233 @@
+import csv
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt import cli, popart
+from metaopt.experiments import popart_regression as pr
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popart_regression.py"
+
+
+def test_binary_code_msb_first():
+    codes = pr.binary_code(torch.tensor([5, 65535, 0, 1023]), dtype=torch.float64)
+    assert codes.shape == (4, 16)
+    assert codes[0].tolist() == [0.0] * 13 + [1.0, 0.0, 1.0]
+    assert codes[1].tolist() == [1.0] * 16
+    assert codes[2].tolist() == [0.0] * 16
+    assert codes[3].tolist() == [0.0] * 6 + [1.0] * 10
+    # the code is the number: sum of bit * 2^(15 - position)
+    values = torch.randint(0, 2**16, (100,))
+    weights = 2.0 ** torch.arange(15, -1, -1, dtype=torch.float64)
+    assert torch.equal((pr.binary_code(values, dtype=torch.float64) * weights).sum(-1), values.double())
+    with pytest.raises(ValueError, match="targets must lie in"):
+        pr.binary_code(torch.tensor([65536]))
+
+
+def test_outlier_positions_and_targets():
+    assert pr.outlier_positions(5000) == [1000, 2000, 3000, 4000]
+    assert pr.outlier_positions(1000) == []
+    assert pr.outlier_positions(1001) == [1000]
+    targets = pr.make_targets(3500, torch.Generator().manual_seed(3))
+    is_outlier = targets == pr.OUTLIER_TARGET
+    assert is_outlier.nonzero().flatten().tolist() == [1000, 2000, 3000]
+    ordinary = targets[~is_outlier]
+    assert int(ordinary.min()) >= 0 and int(ordinary.max()) <= 1023
+    assert len(ordinary.unique()) > 900  # uniform over 0..1023, not a constant
+
+
+def test_init_matches_nn_linear_default():
+    torch.manual_seed(11)
+    sizes = (16, 10, 10, 10, 10, 1)
+    layers = [nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+    expected = [t for layer in layers for t in (layer.weight, layer.bias)]
+    got = pr.init_params(torch.Generator().manual_seed(11), dtype=torch.float32)
+    assert [t.shape for t in got] == [t.shape for t in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e.detach())
+
+
+def _batched_params(seeds, dtype=torch.float64):
+    per_seed = [pr.init_params(torch.Generator().manual_seed(s), dtype=dtype) for s in range(seeds)]
+    params = [torch.stack(ps) for ps in zip(*per_seed, strict=True)]
+    params[-2], params[-1] = params[-2].squeeze(1), params[-1].squeeze(1)
+    return params
+
+
+def test_manual_gradients_match_autograd():
+    params = [p.requires_grad_() for p in _batched_params(4)]
+    x = pr.binary_code(torch.randint(0, 1024, (4,)), dtype=torch.float64)
+    target = torch.randn(4, dtype=torch.float64)
+    n, acts = pr._forward(params, x)
+    loss = 0.5 * ((n - target) ** 2).sum()  # seeds are independent: sum of per-seed losses
+    grads = torch.autograd.grad(loss, params)
+    lr = 0.1
+    stepped = pr._sgd_step([p.detach() for p in params], [a.detach() for a in acts], (n - target).detach(), lr)
+    for p, g, s in zip(params, grads, stepped, strict=True):
+        torch.testing.assert_close(s, p.detach() - lr * g, rtol=1e-12, atol=1e-14)
+
+
+def _reference_run(spec, seed, steps):
+    """One seed, plain modules and autograd: the algorithm written the obvious way."""
+    gen = torch.Generator().manual_seed(seed)
+    init = pr.init_params(gen, dtype=torch.float64)
+    targets = pr.make_targets(steps, gen)
+    sizes = (16, 10, 10, 10, 10)
+    body = nn.Sequential(
+        *[m for i, o in zip(sizes[:-1], sizes[1:], strict=True) for m in (nn.Linear(i, o), nn.Tanh())]
+    ).double()
+    head = nn.Linear(10, 1).double()
+    linears = [m for m in body if isinstance(m, nn.Linear)] + [head]
+    with torch.no_grad():
+        for layer, w, b in zip(linears, init[::2], init[1::2], strict=True):
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
+    params = list(body.parameters()) + list(head.parameters())
+    state = popart.init(1, dtype=torch.float64)
+    errors = []
+    for t in range(steps):
+        y = targets[t : t + 1].double()
+        x = pr.binary_code(targets[t : t + 1], dtype=torch.float64)
+        with torch.no_grad():
+            pred = head(body(x)).squeeze(-1)
+            errors.append(float(((popart.unnormalize(state, pred) if spec.beta else pred) - y) ** 2))
+            if spec.beta:
+                new = popart.art(state, y, spec.beta)
+                if spec.pop:
+                    w, b = popart.pop(head.weight, head.bias, state, new)
+                    head.weight.copy_(w)
+                    head.bias.copy_(b)
+                state, y = new, popart.normalize(new, y)
+        loss = 0.5 * ((head(body(x)).squeeze(-1) - y) ** 2).sum()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= spec.lr * g
+    return torch.tensor(errors, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["sgd", "art", "popart"])
+def test_simulation_matches_plain_single_seed_loop(method):
+    steps = 1003  # crosses the first outlier (sample 1000)
+    res = pr.run_experiment(1, steps, [method], dtype="float64", seed=5)
+    expected = _reference_run(pr.DEFAULT_METHODS[method], 5, steps)
+    torch.testing.assert_close(res.squared_errors[method][0], expected, rtol=1e-8, atol=1e-8)
+
+
+def test_vectorized_seeds_equal_single_seed_runs():
+    batch = pr.run_experiment(3, 300, dtype="float64", seed=7)
+    for i in range(3):
+        alone = pr.run_experiment(1, 300, dtype="float64", seed=7 + i)
+        for m in batch.methods:
+            torch.testing.assert_close(batch.squared_errors[m][i], alone.squared_errors[m][0], rtol=1e-12, atol=1e-9)
+    # and the seeds really differ
+    assert not torch.allclose(batch.squared_errors["sgd"][0], batch.squared_errors["sgd"][1])
+
+
+def test_moving_average_matches_naive_window():
+    x = torch.rand(2, 37, dtype=torch.float64)
+    got = pr.moving_average(x, 10)
+    for t in range(37):
+        torch.testing.assert_close(got[:, t], x[:, max(0, t - 9) : t + 1].mean(-1))
+
+
+def test_popart_beats_sgd_after_outliers():
+    res = pr.run_experiment(3, 2000, "sgd,popart", seed=0)
+    sgd, pop = res.final("sgd")["median"], res.final("popart")["median"]
+    assert math.isfinite(sgd) and math.isfinite(pop)
+    assert pop * 3 < sgd, (pop, sgd)
+    # every method shows the outlier spike in its curve (error ~65k smoothed over 10 samples)
+    for m in res.methods:
+        assert float(res.quantiles(m)["median"][1000]) > 3000
+
+
+def test_outputs_have_columns_and_finite_values(tmp_path):
+    res = pr.run_experiment(2, 50, "sgd,popart", seed=1)
+    paths = pr.write_outputs(res, tmp_path / "out", plot=True)
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "method", "median", "p10", "p90"]
+    assert len(rows) == 2 * 50
+    assert {r["method"] for r in rows} == {"sgd", "popart"}
+    for r in rows:
+        lo, mid, hi = float(r["p10"]), float(r["median"]), float(r["p90"])
+        assert all(math.isfinite(v) for v in (lo, mid, hi)) and lo <= mid <= hi
+    summary = json.loads(paths["json"].read_text())
+    assert summary["seeds"] == 2 and summary["steps"] == 50
+    assert summary["methods"]["popart"]["final_rmse"]["median"] == pytest.approx(res.final("popart")["median"])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["curves.csv", "fig1a.png", "summary.json"]
+
+
+@pytest.fixture
+def only_this_subcommand(monkeypatch):
+    """Build the CLI with just the real ``popart-regression`` entry, so other subcommands cannot break these tests."""
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"popart-regression": cli.SUBCOMMANDS["popart-regression"]})
+
+
+@pytest.mark.usefixtures("only_this_subcommand")
+def test_cli_runs_and_writes_files(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli.main(["popart-regression", "--seeds", "2", "--steps", "200", "--out", str(out), "--no-plot"]) == 0
+    assert (out / "curves.csv").exists() and (out / "summary.json").exists()
+    assert not (out / "fig1a.png").exists()
+    printed = capsys.readouterr().out
+    assert "popart" in printed and "median" in printed
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--seeds", "0", "integer >= 1, got 0"),
+        ("--steps", "-3", "integer >= 1, got -3"),
+        ("--steps", "ten", "'ten'"),
+        ("--methods", "sgd,adam", "adam"),
+        ("--art-lr", "-1", "positive"),
+        ("--dtype", "float16", "float16"),
+    ],
+)
+@pytest.mark.usefixtures("only_this_subcommand")
+def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["popart-regression", flag, value, "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seeds": 0}, "seeds must be an integer >= 1, got 0"),
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"methods": ["sgd", "nope"]}, "unknown method"),
+        ({"methods": "popart,popart"}, "repeat"),
+        ({"methods": []}, "non-empty"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+        ({"art_lr": 0.0}, "art_lr must be positive"),
+        ({"window": 0}, "window must be an integer >= 1"),
+    ],
+)
+def test_run_experiment_validates_eagerly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pr.run_experiment(**{"seeds": 1, "steps": 1, **kwargs})
+
+
+def test_art_lr_override_applies_to_art_only():
+    res = pr.run_experiment(1, 5, art_lr=1e-3)
+    assert res.specs["art"].lr == 1e-3
+    assert res.specs["popart"].lr == pr.DEFAULT_METHODS["popart"].lr
+
+
+def test_example_runs_with_tiny_budget(capsys):
+    ns = runpy.run_path(str(EXAMPLE), run_name="example")
+    ns["main"](["--seeds", "2", "--steps", "60", "--methods", "sgd,popart"])
+    printed = capsys.readouterr().out
+    assert "final RMSE at sample 59" in printed and "popart" in printed
