@@ -68,12 +68,15 @@ class A2CConfig(NamedTuple):
         lam: GAE/lambda-return parameter.
         value_coef: Weight of the value loss.
         popart_advantages: With PopArt, scale the policy's advantages by ``1/sigma`` (PopArt-IMPALA).
+        policy_coef: Weight of the policy term (0 leaves a pure value-regression loss, whose value is a true
+            function of the parameters: useful for finite-difference checks of the meta-gradient).
     """
 
     gamma: float = 0.99
     lam: float = 0.95
     value_coef: float = 0.5
     popart_advantages: bool = True
+    policy_coef: float = 1.0
 
 
 DEFAULT_A2C = A2CConfig()
@@ -143,7 +146,7 @@ def a2c_loss(
     r"""A2C loss on one task's trajectories.
 
     .. math::
-        L = -\operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)) + c_v \operatorname{mean}(A_v^2)
+        L = -c_\pi \operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)) + c_v \operatorname{mean}(A_v^2)
 
     Without PopArt ``A = A_v = G - V(s)``. With PopArt the value error is normalized,
     ``A_v = (G - \mu)/\sigma - n(s)``, and the policy uses ``A = A_v`` if ``popart_advantages`` (i.e.
@@ -173,7 +176,7 @@ def a2c_loss(
         adv_value = pa.normalize(state, returns) - n
         adv_policy = adv_value.detach() if cfg.popart_advantages else (returns - values).detach()
     logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-    return -(adv_policy * logp).mean() + cfg.value_coef * (adv_value**2).mean()
+    return -cfg.policy_coef * (adv_policy * logp).mean() + cfg.value_coef * (adv_value**2).mean()
 
 
 def make_inner_loop(
