@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "metaopt.experiments.maml_rl",
         "MAML-A2C on TabularMDP with PopArt value normalization, learning beta and the inner lr.",
     ),
+    "bench": (
+        "metaopt.experiments.bench",
+        "Benchmark the MAML-A2C job (speed, memory) against a TorchOpt-style loop, with identical-math checks.",
+    ),
 }
 
 
@@ -55,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except BrokenPipeError:  # e.g. `metaopt verify | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -122,7 +122,7 @@ def test_policy_gradient_direction():
     logp_old = functional_call(model, params, (batch["observations"],))[0].log_softmax(-1)
     logp_new = functional_call(model, new, (batch["observations"],))[0].log_softmax(-1)
     taken = batch["actions"].unsqueeze(-1)
-    assert float((logp_new.gather(-1, taken) - logp_old.gather(-1, taken)).sum()) > 0
+    assert float((logp_new.gather(-1, taken) - logp_old.gather(-1, taken)).sum().detach()) > 0
 
 
 def test_inner_loop_popart_targets_are_lambda_returns():

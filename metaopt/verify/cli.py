@@ -55,9 +55,9 @@ def parse_list(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``verify``'s options to ``parser``."""
-    parser.add_argument("--checks", type=parse_list(CHECK_NAMES, "check"), default=list(CHECK_NAMES),
-                        help=f"comma-separated checks out of {','.join(CHECK_NAMES)}")
-    parser.add_argument("--engines", type=parse_list(ENGINES, "engine"), default=None,
+    parser.add_argument("--checks", type=parse_list(CHECK_NAMES, "check"), default=",".join(CHECK_NAMES),
+                        help="comma-separated checks to run")
+    parser.add_argument("--engines", type=parse_list(ENGINES, "engine"), default=argparse.SUPPRESS,
                         help=f"comma-separated engines out of {','.join(ENGINES)} (default: every installed one)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per row plus a summary)")
     parser.add_argument("--out", type=Path, default=None, help="also write the printed report to this file")
@@ -80,7 +80,7 @@ def format_table(results: Sequence[CheckResult]) -> str:
     header = ("check", "engine", "quantity", "autograd", "reference", "rel.err", "tol", "pass")
     lines = [
         (r.check, r.engine, r.quantity, _fmt(r.autograd), _fmt(r.reference), f"{r.rel_error:.2e}",
-         f"{r.tolerance:.0e}" if math.isfinite(r.tolerance) else "info", "yes" if r.passed else "NO")
+         f"{r.tolerance:.1e}" if math.isfinite(r.tolerance) else "info", "yes" if r.passed else "NO")
         for r in results
     ]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
@@ -112,7 +112,7 @@ def to_json(results: Sequence[CheckResult]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected checks; print the table or JSON; return :func:`exit_code`."""
-    engines = args.engines if args.engines is not None else list(available_engines())
+    engines = getattr(args, "engines", None) or list(available_engines())
     missing = [e for e in engines if e not in available_engines()]
     if missing:
         print(f"metaopt verify: error: argument --engines: {missing} not installed "
