@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "NonFiniteValueError",
     "is_concrete",
     "check_open_unit_interval",
     "check_positive",
@@ -21,6 +22,10 @@ __all__ = [
     "check_task_ids",
     "check_same_dtype",
 ]
+
+
+class NonFiniteValueError(ValueError):
+    """A tensor argument holds NaN or infinity (raised by :func:`check_finite`)."""
 
 
 def _short(value: Any) -> str:
@@ -78,7 +83,7 @@ def check_finite(name: str, value: Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if is_concrete(value) and not bool(torch.isfinite(value).all()):
         bad = (~torch.isfinite(value)).nonzero()[0].tolist()
-        raise ValueError(
+        raise NonFiniteValueError(
             f"{name} must be finite, got a non-finite value {value[tuple(bad)].item()} at index {bad}"
         )
 

@@ -40,7 +40,7 @@ class InnerOptimizer(NamedTuple):
     def validate(self) -> InnerOptimizer:
         """Check the hyperparameters, raising one clear error per bad value."""
         if self.kind not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.kind!r}")
+            raise ValueError(f"optimizer kind must be 'sgd' or 'adam', got {self.kind!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:

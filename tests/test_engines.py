@@ -247,7 +247,7 @@ def test_bad_inputs():
         make_inner(model, steps=0)
     with pytest.raises(ValueError, match=r"truncate must be None or an int in \[0, steps=2\], got 3"):
         make_inner(model, steps=2, truncate=3)
-    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'rmsprop'"):
+    with pytest.raises(ValueError, match="optimizer kind must be 'sgd' or 'adam', got 'rmsprop'"):
         InnerLoop(lambda p, b, s: 0, optimizer=InnerOptimizer("rmsprop"))
     with pytest.raises(ValueError, match="lr must be positive and finite, got -0.1"):
         MetaParameters(lr=-0.1)

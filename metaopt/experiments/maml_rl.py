@@ -3,7 +3,16 @@
 Writes into ``--out``: ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 iteration), ``eval.csv`` (test-task evaluations), ``metrics.json`` (both plus the summary),
 ``returns.png`` and ``meta_params.png``, and ``checkpoint.pt`` every ``--checkpoint-every`` iterations
-(written atomically). ``--resume`` continues from ``checkpoint.pt`` bit-identically.
+(every file written atomically: a crash or ``kill -9`` never leaves a partial one). ``--resume``
+continues from ``checkpoint.pt`` bit-identically (model, meta-parameters, outer Adam state, generator,
+metrics; PopArt statistics are per task and iteration, so there are none to carry).
+
+``--nproc N`` shards each iteration's tasks over ``N`` local processes (:mod:`metaopt.distributed`;
+``torchrun -m metaopt.distributed`` for several machines); the results match a one-process run.
+
+Exit codes: 0 done, 2 bad input (one ``error:`` line naming the flag, its value and what was expected;
+nothing written), 3 a non-finite loss or meta-gradient stopped the run (the message names the iteration
+and the tasks; ``checkpoint.pt`` stays the last good one).
 """
 
 from __future__ import annotations
@@ -14,17 +23,21 @@ import dataclasses
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from metaopt.engines import ENGINES
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError
+
+if TYPE_CHECKING:
+    from metaopt.distributed import Communicator
 
 __all__ = ["PRESETS", "add_arguments", "run", "train", "config_from_args", "TrainResult", "atomic_write"]
 
@@ -32,9 +45,10 @@ __all__ = ["PRESETS", "add_arguments", "run", "train", "config_from_args", "Trai
 PRESETS: dict[str, dict[str, Any]] = {
     # TorchOpt's MAML-RL example: 40 tasks x 20 trajectories, 500 iterations, inner lr 0.1, no PopArt.
     "reference": {},
-    # A short but meaningful run of the project's job: PopArt, learning beta and the inner lr.
-    "demo": {"popart": True, "learn": ("beta", "lr"), "iterations": 150, "tasks": 20, "eval_every": 25,
-             "eval_tasks": 20, "outer_lr": 3e-3},
+    # The project's job in the setting PopArt exists for (about a minute on 2 cores): scaled TabularMDP
+    # (rewards x 10^U(-2, 3)), PopArt-normalized value loss, learning beta and the inner lr (meta lr 0.01).
+    "demo": {"popart": True, "learn": ("beta", "lr"), "scaled": True, "popart_advantages": False,
+             "meta_lr": 0.01, "iterations": 1000, "eval_every": 100},
     # CI smoke run.
     "smoke": {"popart": True, "learn": ("beta", "lr"), "iterations": 3, "tasks": 4, "trajectories": 4,
               "eval_every": 2, "eval_tasks": 4},
@@ -49,7 +63,9 @@ def _learn(value: str) -> tuple[str, ...]:
         return ()
     bad = [x for x in items if x not in ("lr", "beta")]
     if bad:
-        raise argparse.ArgumentTypeError(f"--learn must be a comma list of lr,beta (or 'none'), got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of lr,beta (or 'none'), got {value!r} (unknown: {bad})"
+        )
     return items
 
 
@@ -75,7 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default=None, help="inner optimizer (default sgd)")
     p.add_argument("--inner-momentum", type=float, default=None, help="inner SGD momentum (default 0)")
     p.add_argument("--beta", type=float, default=None, help=f"initial PopArt beta (default {d.beta})")
-    p.add_argument("--outer-lr", type=float, default=None, help=f"outer Adam lr (default {d.outer_lr})")
+    p.add_argument("--outer-lr", type=float, default=None, help=f"outer Adam lr of theta_0 (default {d.outer_lr})")
+    p.add_argument("--meta-lr", type=float, default=None,
+                   help="outer Adam lr of the learned log_lr/logit_beta (default: --outer-lr)")
+    p.add_argument("--popart-advantages", action=argparse.BooleanOptionalAction, default=None,
+                   help="with PopArt, divide the policy's advantages by sigma (default on); off: only the value "
+                        "loss is normalized")
     p.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=None,
                    help="first-order meta-gradients")
     p.add_argument("--truncate", type=int, default=None, help="backpropagate through the last k inner steps only")
@@ -90,34 +111,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     p.add_argument("--nproc", type=int, default=1,
-                   help="processes for distributed meta-training (launches torchrun-style workers, gloo on CPU)")
+                   help="local processes for distributed meta-training: the tasks are sharded over them, the "
+                        "meta-gradients all-reduced (gloo on CPU); for several machines use torchrun -m "
+                        "metaopt.distributed")
 
 
 _FIELD_ARGS = {
     "engine": "engine", "learn": "learn", "popart": "popart", "scaled": "scaled", "scale_lo": "scale_lo",
     "scale_hi": "scale_hi", "tasks": "tasks", "trajectories": "trajectories", "iterations": "iterations",
     "inner_steps": "inner_steps", "inner_lr": "inner_lr", "inner_optimizer": "inner_optimizer",
-    "inner_momentum": "inner_momentum", "beta": "beta", "outer_lr": "outer_lr", "first_order": "first_order",
+    "inner_momentum": "inner_momentum", "beta": "beta", "outer_lr": "outer_lr", "meta_lr": "meta_lr",
+    "popart_advantages": "popart_advantages", "first_order": "first_order",
     "truncate": "truncate", "eval_every": "eval_every", "eval_tasks": "eval_tasks", "dtype": "dtype", "seed": "seed",
 }
 
 
+#: Configuration field -> command-line flag, for error messages.
+FLAGS = {f: "--" + a.replace("_", "-") for f, a in _FIELD_ARGS.items()}
+
+
 def config_from_args(args: argparse.Namespace) -> MAMLConfig:
-    """Resolve preset + explicit flags into a validated :class:`MAMLConfig`."""
+    """Resolve preset + explicit flags into a validated :class:`MAMLConfig` (errors name the flags)."""
     values = dict(PRESETS[args.preset])
     for field_name, arg_name in _FIELD_ARGS.items():
         v = getattr(args, arg_name)
         if v is not None:
             values[field_name] = v
-    return MAMLConfig(**values).validate()
+    return MAMLConfig(**values).validate(names=FLAGS)
 
 
 # ------------------------------------------------------------------------------------------------- io
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file atomically: into a temporary file in the same directory, then ``os.replace``."""
+    """Write a file atomically: into a temporary file in the same directory, then ``os.replace``.
+
+    Readers (and a run resumed after a crash or ``kill -9``) see either the old or the new file, never a
+    partial one. If ``write`` raises, the old file is untouched and the temporary file is removed; a
+    process killed mid-write can leave a ``.NAME.XXXXXXXX`` temporary, which :func:`train` removes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -127,6 +163,28 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+_ARTIFACTS = ("checkpoint.pt", "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png",
+              "meta_params.png")
+_STALE_TMP = re.compile(r"\.(" + "|".join(re.escape(a) for a in _ARTIFACTS) + r")\.[A-Za-z0-9_]{8}")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove temporaries of :func:`atomic_write` left by a process killed mid-write."""
+    for p in out.iterdir():
+        if _STALE_TMP.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -161,16 +219,28 @@ def save_checkpoint(path: Path, learner: MetaLearner, history: dict[str, list[di
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+_CHECKPOINT_KEYS = ("config", "iteration", "model", "meta", "optimizer", "generator", "history")
+
+
 def load_checkpoint(path: Path, cfg: MAMLConfig) -> dict[str, Any]:
-    """Load and check a checkpoint against ``cfg`` (every field but ``iterations`` must match)."""
+    """Load and check a checkpoint against ``cfg`` (every field but ``iterations`` must match).
+
+    Loads with ``weights_only=True`` (tensors and plain containers only; no arbitrary pickles).
+    """
     if not path.is_file():
         raise ValueError(f"--resume needs a checkpoint at {str(path)!r}, but there is none")
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
     except Exception as err:
-        raise ValueError(f"checkpoint {str(path)!r} is unreadable ({type(err).__name__}: {err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"checkpoint {str(path)!r} is unreadable, expected a file written by metaopt maml-rl "
+                         f"({type(err).__name__}: {first})") from err
     if not isinstance(state, dict) or state.get("format") != "metaopt.maml_rl/1":
-        raise ValueError(f"checkpoint {str(path)!r} is not a metaopt maml-rl checkpoint")
+        raise ValueError(f"checkpoint {str(path)!r} is not a metaopt maml-rl checkpoint (expected format "
+                         f"'metaopt.maml_rl/1', got {state.get('format') if isinstance(state, dict) else None!r})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} is incomplete: missing {missing}")
     saved, now = state["config"], cfg.to_dict()
     diff = {k: (saved.get(k), now[k]) for k in now if k != "iterations" and saved.get(k) != now[k]}
     if diff:
@@ -245,6 +315,7 @@ class TrainResult:
     out: Path
     learner: MetaLearner
     status: str = "completed"
+    error: str | None = None
 
 
 def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
@@ -269,53 +340,93 @@ def train(
     tensorboard: bool = False,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
+    comm: Communicator | None = None,
 ) -> TrainResult:
     """Run (or resume) MAML-A2C training and write the artifacts into ``out``.
+
+    Every input is checked before anything is written: a bad configuration, output directory or
+    checkpoint raises ``ValueError`` (a missing optional package ``ImportError``) and leaves no files.
+    A non-finite loss or meta-gradient stops the run cleanly (``status="non-finite"``, the message in
+    ``error``): the checkpoint on disk stays the last good one.
 
     Args:
         cfg: The configuration.
         out: Output directory.
-        resume: Continue from ``out/checkpoint.pt``.
+        resume: Continue from ``out/checkpoint.pt`` (bit-identical to an uninterrupted run).
         checkpoint_every: Checkpoint period (iterations); a checkpoint is also written at the end.
         progress: Show a progress bar.
         plot: Write PNG plots.
         tensorboard: Log scalars to ``out/tb``.
         log: Where text goes.
         stop_after: Stop (as if interrupted, after checkpointing) once this iteration is done (for tests).
+        comm: Distributed meta-training (:class:`metaopt.distributed.Communicator`): this rank's share of
+            the tasks; rank 0 alone evaluates, logs and writes.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (on ranks other than 0 without rows).
     """
     cfg.validate()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
-    check_out_dir(out)
-    writer = None
-    if tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from err
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after must be None or an int >= 1, got {stop_after!r}")
+    if comm is not None and comm.world_size > cfg.tasks:
+        raise ValueError(f"tasks must be >= the number of processes ({comm.world_size}) so that every process "
+                         f"has a task, got {cfg.tasks}")
+    main = comm is None or comm.rank == 0
+    say = log if main else (lambda _text: None)
     learner = MetaLearner(cfg)
-    history: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
     ckpt = out / CHECKPOINT
-    if resume:
-        state = load_checkpoint(ckpt, cfg)
+
+    # Checks of what lives on rank 0's machine (the output directory, the checkpoint); all ranks share
+    # the outcome, so they fail together with rank 0's message or all resume from its checkpoint.
+    error: BaseException | None = None
+    state: dict[str, Any] | None = None
+    summary_writer: Any = None
+    if main:
+        try:
+            check_out_dir(out)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter as summary_writer
+                except ImportError as err:
+                    raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from err
+            if resume:
+                state = load_checkpoint(ckpt, cfg)
+        except (ValueError, ImportError) as err:
+            error = err
+    if comm is not None:
+        error, state = comm.broadcast_object((error, state))
+    if error is not None:
+        raise error
+
+    history: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    last_good: int | None = None  # iteration of the checkpoint on disk that this run wrote or resumed from
+    if state is not None:
         learner.load_state_dict(state)
-        history = state["history"]
-        log(f"resumed from {ckpt} at iteration {learner.iteration}")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    if tensorboard:
-        writer = SummaryWriter(str(out / "tb"))
+        history = state["history"] if main else {"train": [], "eval": []}
+        last_good = learner.iteration
+        say(f"resumed from {ckpt} at iteration {learner.iteration}")
+    del state
+    if comm is not None:
+        comm.check_replicated(learner)
+    writer = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+        _write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if tensorboard:
+            writer = summary_writer(str(out / "tb"))
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.iterations, initial=learner.iteration, desc="maml-rl", dynamic_ncols=True)
     start = time.perf_counter()
     status = "completed"
+    message: str | None = None
+    step_kwargs = comm.step_kwargs(cfg.tasks) if comm is not None else {}
 
     def flush() -> None:
         _write_text(out / "metrics.csv", _csv_text(history["train"]))
@@ -324,33 +435,41 @@ def train(
 
     try:
         while learner.iteration < cfg.iterations:
-            row = learner.step()
-            history["train"].append(row)
+            row = learner.step(**step_kwargs)
             i = learner.iteration
-            if cfg.eval_every and i % cfg.eval_every == 0 or i == cfg.iterations:
-                history["eval"].append({"iteration": i} | learner.evaluate())
-            if writer is not None:
-                for k, v in (row | (history["eval"][-1] if history["eval"] and history["eval"][-1]["iteration"] == i
-                                    else {})).items():
-                    if k != "iteration":
-                        writer.add_scalar(k, v, i)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(pre=f"{row['train_pre_return']:.2f}", post=f"{row['train_post_return']:.2f}",
-                                beta=f"{row['beta']:.3g}", lr=f"{row['lr']:.3g}")
-            elif i % max(1, cfg.iterations // 20) == 0 or i == cfg.iterations:
-                log(f"it {i:>5}  pre {row['train_pre_return']:8.3f}  post {row['train_post_return']:8.3f}  "
-                    f"beta {row['beta']:.4g}  lr {row['lr']:.4g}  {row['time_s']:.2f}s/it")
-            if i % checkpoint_every == 0 or i == cfg.iterations or (stop_after is not None and i >= stop_after):
-                save_checkpoint(ckpt, learner, history)
-                flush()
-            if stop_after is not None and i >= stop_after:
+            stopping = stop_after is not None and i >= stop_after
+            if main:
+                history["train"].append(row)
+                if cfg.eval_every and i % cfg.eval_every == 0 or i == cfg.iterations:
+                    history["eval"].append({"iteration": i} | learner.evaluate())
+                if writer is not None:
+                    last_eval = history["eval"][-1] if history["eval"] and history["eval"][-1]["iteration"] == i else {}
+                    for k, v in (row | last_eval).items():
+                        if k != "iteration":
+                            writer.add_scalar(k, v, i)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(pre=f"{row['train_pre_return']:.2f}", post=f"{row['train_post_return']:.2f}",
+                                    beta=f"{row['beta']:.3g}", lr=f"{row['lr']:.3g}")
+                elif i % max(1, cfg.iterations // 20) == 0 or i == cfg.iterations:
+                    say(f"it {i:>5}  pre {row['train_pre_return']:8.3f}  post {row['train_post_return']:8.3f}  "
+                        f"beta {row['beta']:.4g}  lr {row['lr']:.4g}  {row['time_s']:.2f}s/it")
+            if i % checkpoint_every == 0 or i == cfg.iterations or stopping:
+                if comm is not None:
+                    comm.check_replicated(learner)
+                if main:
+                    save_checkpoint(ckpt, learner, history)
+                    flush()
+                last_good = i
+            if stopping:
                 status = "stopped"
                 break
     except NonFiniteError as err:
         status = "non-finite"
-        log(f"stopped: {err}; the last good checkpoint is {ckpt} (iteration "
-            f"{(learner.iteration // checkpoint_every) * checkpoint_every})")
+        where = (f"the last good checkpoint is {ckpt} (iteration {last_good})" if last_good is not None
+                 else "no checkpoint was written before the failure")
+        message = f"{err}; stopped, {where}"
+        say(f"stopped: {message}")
     finally:
         if bar is not None:
             bar.close()
@@ -359,11 +478,13 @@ def train(
 
     wall = time.perf_counter() - start
     summary = _summary(cfg, learner, history["eval"], wall) | {"status": status}
-    flush()
-    _write_text(out / "metrics.json", json.dumps({"config": cfg.to_dict(), "summary": summary, **history}, indent=1))
-    if plot and history["train"]:
-        _plot(out, history["train"], history["eval"], cfg)
-    return TrainResult(cfg, history["train"], history["eval"], summary, out, learner, status)
+    if main:
+        flush()
+        _write_text(out / "metrics.json",
+                    json.dumps({"config": cfg.to_dict(), "summary": summary, **history}, indent=1))
+        if plot and history["train"]:
+            _plot(out, history["train"], history["eval"], cfg)
+    return TrainResult(cfg, history["train"], history["eval"], summary, out, learner, status, message)
 
 
 def format_summary(result: TrainResult) -> str:
@@ -378,26 +499,48 @@ def format_summary(result: TrainResult) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def run(args: argparse.Namespace) -> int:
-    """CLI entry point."""
+def run(args: argparse.Namespace, comm: Communicator | None = None) -> int:
+    """CLI entry point (also each rank's entry point under :mod:`metaopt.distributed`).
+
+    Returns:
+        0 (completed), 2 (bad input: one ``error:`` line on stderr, nothing written) or 3 (a non-finite loss
+        or meta-gradient stopped the run; the checkpoint on disk is the last good one).
+    """
+    main = comm is None or comm.rank == 0
+
+    def error(text: object) -> None:
+        if main:
+            print(f"metaopt maml-rl: error: {text}", file=sys.stderr)
+
     try:
         cfg = config_from_args(args)
         if args.checkpoint_every < 1:
-            raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+            raise ValueError(f"--checkpoint-every must be an int >= 1, got {args.checkpoint_every}")
         if args.nproc < 1:
-            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-        check_out_dir(args.out)
-        if args.nproc > 1:
-            from metaopt.distributed import launch
+            raise ValueError(f"--nproc must be an int >= 1, got {args.nproc}")
+        if comm is None:
+            if args.nproc > cfg.tasks:
+                raise ValueError(f"--nproc must be <= --tasks ({cfg.tasks}) so that every process has a task, "
+                                 f"got {args.nproc}")
+            check_out_dir(args.out)
+            if args.nproc > 1:
+                from metaopt.distributed import launch
 
-            return launch(args)
+                return launch(args)
+        elif args.nproc not in (1, comm.world_size):
+            raise ValueError(f"--nproc must be left out (or equal the {comm.world_size} processes torchrun "
+                             f"started), got {args.nproc}")
         result = train(cfg, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                        progress=not args.no_progress and sys.stderr.isatty(), plot=not args.no_plot,
-                       tensorboard=args.tensorboard)
+                       tensorboard=args.tensorboard, log=print if main else (lambda _text: None), comm=comm)
     except (ValueError, ImportError) as err:
-        print(f"metaopt maml-rl: error: {err}", file=sys.stderr)
+        error(err)
         return 2
-    print(format_summary(result))
-    print(f"artifacts in {result.out}/: metrics.csv, eval.csv, metrics.json, config.json, {CHECKPOINT}"
-          + ("" if args.no_plot else ", returns.png, meta_params.png"))
-    return 0 if result.status in ("completed", "stopped") else 3
+    if main:
+        print(format_summary(result))
+        print(f"artifacts in {result.out}/: metrics.csv, eval.csv, metrics.json, config.json, {CHECKPOINT}"
+              + ("" if args.no_plot else ", returns.png, meta_params.png"))
+    if result.status == "non-finite":
+        error(result.error)
+        return 3
+    return 0

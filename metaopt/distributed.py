@@ -1,0 +1,286 @@
+"""Distributed meta-training of ``metaopt maml-rl`` on ``torch.distributed``.
+
+Data parallelism over *tasks*: every rank draws the same full iteration (tasks and common random
+numbers) from the same seeded generator, runs the inner loops and outer losses of its contiguous shard
+of the tasks (:func:`shard_slice`; uneven shards are fine), and the meta-gradients are summed over ranks
+with one all-reduce per iteration (the meta-loss is a sum over tasks). The model ``theta_0``, the
+meta-parameters, the outer Adam state and the generator are replicated and stay bit-identical on every
+rank (checked at start-up and at every checkpoint). Per-task losses and returns are all-gathered, so
+rank 0's metrics are all-task averages equal to a one-process run's, and every rank detects a non-finite
+loss or gradient at the same point (no rank is left waiting in a collective). Rank 0 alone evaluates,
+logs and writes the artifacts and checkpoints; ``--resume`` reads the checkpoint on rank 0 and
+broadcasts it.
+
+Launch::
+
+    metaopt maml-rl --nproc 4 ...                          # one machine: spawns 4 local workers
+    torchrun --nproc_per_node=4 -m metaopt.distributed ...   # any torchrun setup, several machines too
+
+The backend is ``gloo`` for CPU tensors (the job runs on CPU) and ``nccl`` for CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from metaopt.maml import MetaLearner
+
+__all__ = ["Communicator", "shard_slice", "select_backend", "init_from_env", "spawn", "launch", "main"]
+
+_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def shard_slice(num_tasks: int, world_size: int, rank: int) -> slice:
+    """The contiguous shard ``start:stop`` of ``num_tasks`` tasks for ``rank`` of ``world_size``.
+
+    The first ``num_tasks % world_size`` ranks get one task more (5 tasks on 2 ranks: ``0:3``, ``3:5``).
+    """
+    for name, v in (("num_tasks", num_tasks), ("world_size", world_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    if world_size > num_tasks:
+        raise ValueError(f"world_size must be <= num_tasks={num_tasks} so that every rank has a task, "
+                         f"got {world_size}")
+    base, extra = divmod(num_tasks, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def select_backend(device: torch.device | str | None = None) -> str:
+    """``nccl`` for CUDA tensors when CUDA (and NCCL) is available, else ``gloo``."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda" and torch.cuda.is_available() and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+@dataclass
+class Communicator:
+    """This process's view of an initialized process group (see :func:`init_from_env`, :func:`spawn`).
+
+    Attributes:
+        rank: This process's rank.
+        world_size: Number of processes.
+        device: Where collective buffers live (CPU for gloo).
+        group: The process group (``None``: the default group).
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    group: Any = None
+
+    @classmethod
+    def current(cls, device: torch.device | str | None = None) -> Communicator:
+        """The communicator of the already initialized default process group."""
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized; call init_from_env() or use spawn()")
+        return cls(dist.get_rank(), dist.get_world_size(), torch.device(device or "cpu"))
+
+    # -------------------------------------------------------------------------------------- sharding
+    def task_slice(self, num_tasks: int) -> slice:
+        """This rank's contiguous shard of ``num_tasks`` tasks."""
+        return shard_slice(num_tasks, self.world_size, self.rank)
+
+    def step_kwargs(self, num_tasks: int) -> dict[str, Any]:
+        """Keyword arguments of :meth:`metaopt.maml.MetaLearner.step` for this rank."""
+        sl = self.task_slice(num_tasks)
+        return {"task_slice": sl, "reduce_grads": self.all_reduce_sum,
+                "gather_tasks": lambda x: self.gather_tasks(x, num_tasks)}
+
+    # ----------------------------------------------------------------------------------- collectives
+    def all_reduce_sum(self, tensors: Sequence[Tensor]) -> None:
+        """Sum ``tensors`` over ranks, in place (one flat all-reduce per dtype)."""
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group]).to(self.device)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            offset = 0
+            for t in group:
+                with torch.no_grad():
+                    t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def gather_tasks(self, local: Tensor, num_tasks: int) -> Tensor:
+        """All-gather a per-task tensor ``[..., n_local]`` of this rank's shard into ``[..., num_tasks]``.
+
+        Exact (a concatenation, no arithmetic), so rank 0 sees the same per-task values as every rank.
+        """
+        shards = [shard_slice(num_tasks, self.world_size, r) for r in range(self.world_size)]
+        mine = shards[self.rank]
+        if local.shape[-1] != mine.stop - mine.start:
+            raise ValueError(f"local must have {mine.stop - mine.start} entries in its last dimension (this "
+                             f"rank's tasks {mine.start}:{mine.stop}), got shape {tuple(local.shape)}")
+        width = max(s.stop - s.start for s in shards)
+        pad = torch.zeros((*local.shape[:-1], width), dtype=local.dtype, device=self.device)
+        pad[..., : local.shape[-1]] = local.detach().to(self.device)
+        parts = [torch.empty_like(pad) for _ in range(self.world_size)]
+        dist.all_gather(parts, pad, group=self.group)
+        out = torch.cat([p[..., : s.stop - s.start] for p, s in zip(parts, shards, strict=True)], dim=-1)
+        return out.to(local.device)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (pickled)."""
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
+
+    def check_replicated(self, learner: MetaLearner) -> None:
+        """Raise the same ``RuntimeError`` on every rank if the replicated training state differs."""
+        h = hashlib.sha256()
+        tensors = [*learner.parameters(), learner.generator.get_state()]
+        for s in learner.optimizer.state.values():
+            tensors += [v for _, v in sorted(s.items()) if isinstance(v, Tensor)]
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(str(learner.iteration).encode())
+        digests: list[Any] = [None] * self.world_size
+        dist.all_gather_object(digests, h.hexdigest(), group=self.group)
+        if len(set(digests)) != 1:
+            differ = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise RuntimeError(
+                f"the replicated training state (model, meta-parameters, optimizer, generator) differs between "
+                f"ranks at iteration {learner.iteration}: ranks {differ} differ from rank 0; expected identical "
+                "replicas (same metaopt/torch versions and seed on every machine)"
+            )
+
+
+# -------------------------------------------------------------------------------------- set-up
+def init_from_env(device: torch.device | str | None = None) -> Communicator:
+    """Initialize the default process group from torchrun's environment (``env://``)."""
+    missing = [k for k in _ENV if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"metaopt.distributed must be started by torchrun (environment variables {missing} are not set); "
+            "on one machine use `metaopt maml-rl --nproc N` instead"
+        )
+    if not dist.is_initialized():
+        dist.init_process_group(select_backend(device), init_method="env://")
+    return Communicator.current(device)
+
+
+def _loopback_interface() -> str | None:
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
+    return next((n for n in names if n == "lo" or n.startswith("lo")), None)
+
+
+def _spawned(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...],
+             result_path: str, threads: int) -> None:
+    """Body of one spawned worker: join the group through the parent's store, run ``fn``, save rank 0's result."""
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    lo = _loopback_interface()
+    if lo is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)  # all workers are local: talk over loopback
+    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False)
+    dist.init_process_group(select_backend(), store=store, rank=rank, world_size=world_size)
+    try:
+        result = fn(Communicator.current(), *args)
+        if rank == 0:
+            with open(result_path, "wb") as f:
+                pickle.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = None) -> Any:
+    """Run ``fn(comm, *args)`` in ``nproc`` local worker processes joined in a gloo process group.
+
+    Rendezvous goes through a store that this process serves on 127.0.0.1 on a free port chosen by the
+    OS (no port race). ``fn`` and ``args`` must be picklable (``fn`` a module-level function).
+
+    Args:
+        fn: The worker body; gets a :class:`Communicator` first.
+        nproc: Number of processes (>= 1).
+        args: Further arguments of ``fn``.
+        threads: Torch threads per worker (default: ``OMP_NUM_THREADS`` if set, else 1).
+
+    Returns:
+        Rank 0's return value.
+
+    Raises:
+        torch.multiprocessing.ProcessRaisedException: a worker raised (the others are stopped).
+        torch.multiprocessing.ProcessExitedException: a worker died.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    import torch.multiprocessing as mp
+
+    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
+    with tempfile.TemporaryDirectory(prefix="metaopt-dist-") as tmp:
+        result_path = str(Path(tmp) / "result.pkl")
+        mp.spawn(_spawned, args=(nproc, store.port, fn, tuple(args), result_path, threads), nprocs=nproc,
+                 join=True)
+        with open(result_path, "rb") as f:
+            return pickle.load(f)
+
+
+# ------------------------------------------------------------------------------------ maml-rl
+def _cli_worker(comm: Communicator, args: argparse.Namespace) -> int:
+    from metaopt.experiments.maml_rl import run
+
+    return run(args, comm=comm)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """``metaopt maml-rl --nproc N``: run the job on ``N`` local processes; return rank 0's exit code."""
+    import torch.multiprocessing as mp
+
+    try:
+        return int(spawn(_cli_worker, args.nproc, args))
+    except mp.ProcessRaisedException as err:
+        print(f"metaopt maml-rl: error: a worker process failed:\n{err}", file=sys.stderr)
+    except mp.ProcessExitedException as err:
+        print(f"metaopt maml-rl: error: a worker process died: {err}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``torchrun [torchrun flags] -m metaopt.distributed [maml-rl flags]``: one rank of the job."""
+    from metaopt.experiments.maml_rl import add_arguments, run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["maml-rl"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="torchrun ... -m metaopt.distributed",
+                                     description="One rank of distributed `metaopt maml-rl` (started by torchrun).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        comm = init_from_env()
+    except RuntimeError as err:
+        print(f"metaopt.distributed: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, comm=comm)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
