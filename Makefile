@@ -32,10 +32,11 @@ smoke: $(STAMP)
 	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress
 	$(BIN)/metaopt verify --checks torchopt-toy,higher-toy
 	$(BIN)/metaopt bench --quick --out runs/smoke/bench
+	$(BIN)/python examples/maml_rl_scaled_study.py --seeds 1 --iterations 2 --tasks 3 --trajectories 3 \
+		--eval-trajectories 3 --eval-repeats 1 --out runs/smoke/study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

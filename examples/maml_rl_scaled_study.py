@@ -43,6 +43,9 @@ class Args:
     """episodes per test task in the final evaluation"""
     eval_repeats: int = 5
     """independent final evaluations averaged per run"""
+    methods: str = "maml,popart-maml,popart-value-maml"
+    """comma list: maml (no PopArt), popart-maml (PopArt value loss and advantages, learn beta and lr),
+    popart-value-maml (PopArt value loss only, learn beta and lr with meta lr 0.01: the demo's setting)"""
     out: str = ""
     """directory for the runs and study.json (default: a temporary directory)"""
 
@@ -64,20 +67,25 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
-    """Train both methods on every seed and print the table."""
+    """Train every method on every seed and print the table."""
     args = parse()
     torch.set_num_threads(1)
     out = Path(args.out or tempfile.mkdtemp(prefix="scaled_study_"))
     methods = {
         "maml": {},
-        "popart-maml (learn beta, lr)": {"popart": True, "learn": ("beta", "lr")},
+        "popart-maml": {"popart": True, "learn": ("beta", "lr")},
+        "popart-value-maml": {"popart": True, "learn": ("beta", "lr"), "popart_advantages": False, "meta_lr": 0.01},
     }
+    unknown = [m for m in args.methods.split(",") if m not in methods]
+    if unknown:
+        raise SystemExit(f"--methods must be a comma list of {','.join(methods)}, got {args.methods!r}")
+    methods = {m: methods[m] for m in args.methods.split(",")}
     results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for name, extra in methods.items():
         for seed in range(args.seeds):
             cfg = MAMLConfig(scaled=True, seed=seed, iterations=args.iterations, tasks=args.tasks,
                              trajectories=args.trajectories, eval_every=0, **extra)
-            res = train(cfg, out / f"{name.split()[0]}_seed{seed}", progress=False, plot=False, log=lambda s: None)
+            res = train(cfg, out / f"{name}_seed{seed}", progress=False, plot=False, log=lambda s: None)
             row: dict[str, float] = {"seed": seed, "status": res.status, "iterations": res.learner.iteration}
             if res.status == "completed":
                 evals = [res.learner.evaluate(seed=10_000 + r, trajectories=args.eval_trajectories)

@@ -198,8 +198,17 @@ def _adapt_func(
     opt_state = inner_optim.init_state()
     losses: list[Tensor] = []
     cut = inner.steps - inner.truncate if inner.truncate is not None else 0
+    # Steps before the truncation point get no meta-gradient (their effect on theta_0 is the identity, on lr and
+    # beta zero), so they run on detached tensors: no graph is kept for them and memory does not grow with K.
+    lr_live, beta_live = lr, beta
+    if cut > 0:
+        params = {n: p.detach() for n, p in params.items()}
+        state = _detach_state(state)
+        lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr.detach()
+        beta = beta.detach()
     for k in range(inner.steps + 1):
         if k == cut and cut > 0:
+            lr, beta = lr_live, beta_live
             params = _straight_through(params, init)
             opt_state = inner_optim.InnerOptState(
                 opt_state.step, {n: t.detach() for n, t in opt_state.mu.items()},
@@ -216,7 +225,7 @@ def _adapt_func(
             return loss, loss.detach()
 
         grads, loss = torch.func.grad(loss_of, has_aux=True)(params)
-        if inner.first_order:
+        if inner.first_order or k < cut:
             grads = {n: g.detach() for n, g in grads.items()}
         params, opt_state = inner_optim.update(params, grads, opt_state, lr, inner.optimizer)
         losses.append(loss)

@@ -306,8 +306,7 @@ class MetaLearner:
     def _policy(self, params: dict[str, Tensor] | None) -> Callable[[Tensor], Tensor]:
         """Policy logits for obs ``[N, B, S]``: shared ``theta_0`` (None) or per-task stacked params."""
         if params is None:
-            theta = dict(self.model.named_parameters())
-            return lambda obs: functional_call(self.model, theta, (obs,))[0]
+            return lambda obs: self.model(obs)[0]
         return lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(params, obs)
 
     # ------------------------------------------------------------------------------------ meta-loss

@@ -134,7 +134,8 @@ def returns_targets(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig
 ) -> Tensor:
     """Lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``."""
-    _, n, n_last = _forward(model, params, batch)
+    with torch.no_grad():  # the bootstrap values are detached anyway: record no graph for them
+        _, n, n_last = _forward(model, params, batch)
     if state is not None:
         n, n_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
     return lambda_returns(batch["rewards"], n.detach(), n_last.detach(), batch["dones"], cfg.gamma, cfg.lam)

@@ -184,7 +184,7 @@ class BenchSettings:
         return MAMLConfig(**(base | overrides)).validate()
 
 
-#: The full run (about 5-8 minutes on two cores).
+#: The full run (about 2.5 minutes on two cores, one thread).
 FULL = BenchSettings()
 #: CI budget: tiny sizes, forked children, well under a minute.
 QUICK = BenchSettings(
@@ -226,9 +226,10 @@ class TorchOptBaseline:
 
     * ``"vector"`` -- ``B`` :class:`~metaopt.envs.TabularMDPEnv` instances stepped in a Python loop at
       every time step, with one batched policy forward per time step (a synchronous vector env, as a
-      user would write with ``gymnasium.vector.SyncVectorEnv``, minus its info bookkeeping).
-    * ``"sequential"`` -- TorchOpt's ``maml.py`` exactly: one env, the ``B`` episodes one after the other,
-      one policy forward on a single observation per environment step.
+      user would write with ``gymnasium.vector.SyncVectorEnv``, minus its info bookkeeping); the task is
+      set on the ``B`` envs once per task (it is the same for the task's two rollouts).
+    * ``"sequential"`` -- TorchOpt's ``maml.py`` exactly: one env whose task is set at every rollout, the
+      ``B`` episodes one after the other, one policy forward on a single observation per environment step.
 
     Random numbers: instead of ``pi.sample()`` and the env's own RNG, step ``t`` of episode ``b`` of task
     ``i`` uses ``noise.action_u[i, b, t]`` for the action (inverse CDF of ``softmax(logits)``) and
@@ -264,6 +265,7 @@ class TorchOptBaseline:
         self.outer_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.outer_lr)
         n_envs = cfg.trajectories if rollout == "vector" else 1
         self.envs = [TabularMDPEnv(cfg.num_states, cfg.num_actions, cfg.horizon) for _ in range(n_envs)]
+        self._task: TabularMDPTask | None = None
 
     # ---------------------------------------------------------------------------------------- rollouts
     def _action(self, obs: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -299,8 +301,10 @@ class TorchOptBaseline:
         gamma, horizon = self.cfg.gamma, self.cfg.horizon
         with torch.no_grad():
             if self.rollout == "vector":
-                for env in self.envs:
-                    env.reset_task(task)
+                if self._task is not task:  # once per task, like ``envs.call("reset_task", task)``
+                    for env in self.envs:
+                        env.reset_task(task)
+                    self._task = task
                 obs = np.stack([env.reset()[0] for env in self.envs])
                 for t in range(horizon):
                     acs = self._action(obs, action_u[:, t])
@@ -784,6 +788,17 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -804,7 +819,7 @@ def stamp(threads: int | None = None) -> dict[str, Any]:
     return {
         "commit": commit, "dirty": dirty,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": _cpu_model(),
                     "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
                     "loadavg_start": _loadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
