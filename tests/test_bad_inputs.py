@@ -30,13 +30,6 @@ from metaopt.meta_params import MetaParameters
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def small(**kw):
     return MAMLConfig(**(dict(tasks=3, trajectories=2, iterations=2, eval_tasks=2) | kw))

@@ -22,15 +22,6 @@ CFG = dict(tasks=5, trajectories=3, iterations=3, popart=True, learn=("beta", "l
 ENGINES = ("func", "higher")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one thread is much faster on a shared machine (workers use one thread too)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------- sharding
 def test_shards_cover_every_task_once():
     for n in range(1, 12):

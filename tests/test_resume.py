@@ -22,13 +22,6 @@ from metaopt.maml import MAMLConfig, MetaLearner
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def quiet(_text):
     pass
