@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 ENGINES = ("func", "higher", "torchopt")
+TORCHOPT_EPS_ROOT_FLOOR = 1e-30
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params, Any, "pa.PopArtState | None"], Tensor]
@@ -307,7 +308,11 @@ def _torchopt_impl(torchopt: Any, model: nn.Module, inner: InnerLoop, meta: Meta
         base = torchopt.transform.trace(momentum=o.momentum, moment_requires_grad=True) if o.momentum else None
     else:
         base = torchopt.transform.scale_by_adam(
-            b1=o.betas[0], b2=o.betas[1], eps=o.eps, eps_root=o.eps_root, moment_requires_grad=True
+            # TorchOpt's sqrt(nu + eps_root) has an infinite derivative at nu = 0, which makes the meta-gradient
+            # NaN where a gradient is exactly zero; a floor of 1e-30 keeps it finite and changes sqrt(nu) only
+            # where nu < ~1e-28.
+            b1=o.betas[0], b2=o.betas[1], eps=o.eps, eps_root=max(o.eps_root, TORCHOPT_EPS_ROOT_FLOOR),
+            moment_requires_grad=True
         )
     parts = []
     if inner.first_order:

@@ -86,7 +86,7 @@ def test_adam_func_matches_finite_differences():
     assert report.passed, report.table()
 
 
-@pytest.mark.parametrize("engine", ["func", "higher"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_adam_meta_gradient_finite_at_zero_gradient(engine):
     # A parameter whose inner gradient is exactly zero: the loss ignores the bias of a dead unit.
     model = make_model()
