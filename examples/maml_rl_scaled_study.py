@@ -11,7 +11,6 @@ Run ``python examples/maml_rl_scaled_study.py --help`` for the flags; a tiny run
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.experiments.maml_rl import train
 from metaopt.maml import MAMLConfig
 
@@ -51,11 +51,8 @@ class Args:
 
 
 def parse() -> Args:
-    """Parse :class:`Args` from the command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return Args(**vars(p.parse_args()))
+    """Parse :class:`Args` from the command line (help texts are the field docstrings)."""
+    return parse_dataclass(Args, description=__doc__.splitlines()[0])
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:

@@ -10,13 +10,9 @@ Run ``python examples/maml_rl_torchopt.py --iterations 2 --tasks 3 --trajectorie
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +20,7 @@ import torchopt
 from torch import Tensor
 
 from metaopt import popart
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, draw_noise, sample_tasks
 from metaopt.rl import ActorCritic, lambda_returns, task_major
 
@@ -71,22 +68,7 @@ class Args:
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """Parse :class:`Args` from the command line (help texts are the field docstrings)."""
-    body = next(
-        n for n in ast.parse(Path(__file__).read_text(encoding="utf-8")).body if getattr(n, "name", "") == "Args"
-    ).body
-    docs = {a.target.id: b.value.value for a, b in zip(body, body[1:], strict=False) if isinstance(a, ast.AnnAssign)}
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(f.default),
-            default=f.default,
-            help=f"{docs[f.name]} (default: {f.default})",
-        )
-    args = Args(**vars(parser.parse_args(argv)))
-    if args.dtype not in ("float32", "float64"):
-        parser.error(f"--dtype must be float32 or float64, got {args.dtype!r}")
-    return args
+    return parse_dataclass(Args, argv, description=__doc__.splitlines()[0], choices={"dtype": ("float32", "float64")})
 
 
 def returns_and_outputs(net: Callable, batch: Batch, state: popart.PopArtState, args: Args) -> tuple[Tensor, ...]:

@@ -7,13 +7,10 @@ same experiment with files (CSV, JSON, PNG) written to a folder.
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.experiments.popart_regression import format_table, run_experiment
 
 
@@ -35,29 +32,9 @@ class Args:
     """base seed: seed i draws weights and targets from seed + i"""
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Map each field of ``cls`` to the string literal right below it (its docstring)."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__).body
-    return {
-        a.target.id: b.value.value
-        for a, b in zip(body, body[1:], strict=False)
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    """Parse :class:`Args` from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    docs = _field_docs(Args)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(f.default),
-            default=f.default,
-            help=f"{docs.get(f.name, '')} (default: {f.default})",
-        )
-    return Args(**vars(parser.parse_args(argv)))
+    """Parse :class:`Args` from the command line (help texts are the field docstrings)."""
+    return parse_dataclass(Args, argv, description=__doc__.splitlines()[0], choices={"dtype": ("float32", "float64")})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,13 +11,12 @@ model is a softmax(alpha)-weighted mix of 4 candidate operations (linear, tanh M
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 
 import torch
 
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.engines import ENGINES, InnerLoop, adapt
 from metaopt.meta_params import MetaParameters
 from metaopt.verify import relative_error
@@ -66,10 +65,7 @@ def main(args: Args) -> int:
 
 def parse_args() -> Args:
     """Parse :class:`Args` from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args()))
+    return parse_dataclass(Args, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

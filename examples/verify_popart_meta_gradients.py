@@ -9,8 +9,6 @@ with each other.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metaopt import popart as pa
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.engines import ENGINES, InnerLoop, PopArtSpec, adapt
 from metaopt.inner_optim import InnerOptimizer
 from metaopt.meta_params import MetaParameters
@@ -81,10 +80,7 @@ def main(args: Args) -> int:
 
 def parse_args() -> Args:
     """Parse :class:`Args` from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args()))
+    return parse_dataclass(Args, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ Run ``python examples/verify_torchopt_toy.py [--x 3 --lr 0.5 --engines func,torc
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from metaopt.dataclass_args import parse_dataclass
 from metaopt.engines import InnerLoop, adapt
 from metaopt.meta_params import MetaParameters
 
@@ -78,10 +77,7 @@ def main(args: Args) -> int:
 
 def parse_args() -> Args:
     """Parse :class:`Args` from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args()))
+    return parse_dataclass(Args, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
