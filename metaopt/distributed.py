@@ -202,8 +202,14 @@ def _spawned(rank: int, world_size: int, port: int, fn: Callable[..., Any], args
         if rank == 0:
             with open(result_path, "wb") as f:
                 pickle.dump(result, f)
+        dist.barrier()  # leave together: no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
+    # Success: skip the interpreter's teardown, where the destruction order of gloo's and the store's C++
+    # threads can abort the process ("terminate called without an active exception", seen under load).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = None) -> Any:
@@ -277,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metaopt.distributed: error: {err}", file=sys.stderr)
         return 2
     try:
-        return run(args, comm=comm)
+        code = run(args, comm=comm)
+        dist.barrier()  # leave together
+        return code
     finally:
         dist.destroy_process_group()
 
