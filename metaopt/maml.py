@@ -28,7 +28,7 @@ from torch.func import functional_call
 from metaopt import popart as pa
 from metaopt._validation import NonFiniteValueError
 from metaopt.engines import ENGINES, AdaptResult, adapt, adapt_vmap, require
-from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, draw_noise, sample_tasks
+from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
 from metaopt.inner_optim import InnerOptimizer
 from metaopt.meta_params import LEARNABLE, MetaParameters
 from metaopt.rl import A2CConfig, ActorCritic, Batch, a2c_loss, make_inner_loop, task_major
@@ -338,15 +338,16 @@ class MetaLearner:
             )
         return slice(start, stop)
 
-    def _per_task_losses(
-        self, data: IterationData, *, engine: str | None = None, task_slice: slice | None = None
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """Like :meth:`meta_loss`, but the outer losses per task ``[n]`` (differentiable), not their sum."""
-        engine = engine or self.cfg.engine
-        sl = self._check_data(data, engine, task_slice)
-        tasks = data.tasks.shard(sl.start, sl.stop)
-        pre_noise = data.noise_pre.shard(sl.start, sl.stop)
-        post_noise = data.noise_post.shard(sl.start, sl.stop)
+    def _adapt_and_rollout(
+        self, tasks: TaskBatch, pre_noise: RolloutNoise, post_noise: RolloutNoise, engine: str
+    ) -> tuple[Trajectories, dict[str, Tensor], pa.PopArtState | None, Trajectories]:
+        """Roll out ``theta_0``, adapt per task on those episodes, roll out the adapted weights.
+
+        Returns:
+            ``(pre, adapted, states, post)``: the pre-adaptation trajectories, the adapted weights stacked over
+            tasks (differentiable to the meta-parameters), the adapted PopArt statistics (or ``None``) and the
+            post-adaptation trajectories.
+        """
         sim = BatchedTabularMDP(tasks, self.cfg.horizon, dtype=self.cfg.torch_dtype)
         n = tasks.num_tasks
         pre = sim.rollout(self._policy(None), pre_noise)
@@ -377,6 +378,19 @@ class MetaLearner:
                 *(torch.stack([r.popart_state[j] for r in results]) for j in range(3))
             )
         post = sim.rollout(self._policy({k: v.detach() for k, v in adapted.items()}), post_noise)
+        return pre, adapted, states, post
+
+    def _per_task_losses(
+        self, data: IterationData, *, engine: str | None = None, task_slice: slice | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Like :meth:`meta_loss`, but the outer losses per task ``[n]`` (differentiable), not their sum."""
+        engine = engine or self.cfg.engine
+        sl = self._check_data(data, engine, task_slice)
+        tasks = data.tasks.shard(sl.start, sl.stop)
+        pre_noise = data.noise_pre.shard(sl.start, sl.stop)
+        post_noise = data.noise_post.shard(sl.start, sl.stop)
+        pre, adapted, states, post = self._adapt_and_rollout(tasks, pre_noise, post_noise, engine)
+        n = tasks.num_tasks
         post_batch = task_major(post)
 
         def outer(p: dict[str, Tensor], s: Any, b: Batch) -> Tensor:
@@ -541,14 +555,9 @@ class MetaLearner:
         gen = torch.Generator().manual_seed(seed)
         b = trajectories or c.trajectories
         tasks = self.test_tasks
-        sim = BatchedTabularMDP(tasks, c.horizon, dtype=c.torch_dtype)
-        pre = sim.rollout(self._policy(None), draw_noise(tasks.num_tasks, b, c.horizon, generator=gen,
-                                                         dtype=c.torch_dtype))
-        res = adapt_vmap(self.model, self.inner, task_major(pre), self.meta,
-                         popart_state=self._initial_states(tasks.num_tasks))
-        adapted = {k: v.detach() for k, v in res.params.items()}
-        post = sim.rollout(self._policy(adapted), draw_noise(tasks.num_tasks, b, c.horizon, generator=gen,
-                                                             dtype=c.torch_dtype))
+        noise_pre = draw_noise(tasks.num_tasks, b, c.horizon, generator=gen, dtype=c.torch_dtype)
+        noise_post = draw_noise(tasks.num_tasks, b, c.horizon, generator=gen, dtype=c.torch_dtype)
+        pre, _, _, post = self._adapt_and_rollout(tasks, noise_pre, noise_post, "func")
         out = {"test_pre_return": float(_returns(pre.rewards).mean()),
                "test_post_return": float(_returns(post.rewards).mean())}
         if c.scaled:
