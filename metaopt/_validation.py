@@ -8,14 +8,20 @@ transforms (``vmap``/``grad``), where reading a value is impossible or would bre
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "NonFiniteValueError",
     "is_concrete",
+    "check_int",
+    "check_real",
+    "check_choice",
+    "check_bool",
     "check_open_unit_interval",
     "check_positive",
     "check_finite",
@@ -43,6 +49,90 @@ def is_concrete(x: Tensor) -> bool:
         return not torch._C._functorch.is_functorch_wrapped_tensor(x)
     except AttributeError:  # pragma: no cover - very old torch
         return True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+              allow_none: bool = False) -> int | None:
+    """Check ``value`` is an int (not a bool) with ``low <= value <= high``; return it as a Python int.
+
+    Example:
+        >>> check_int("steps", 3, low=1)
+        3
+        >>> check_int("steps", 0, low=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: steps must be an int >= 1, got 0
+    """
+    if value is None and allow_none:
+        return None
+    if low is not None and high is not None:
+        want = f"an int in [{low}, {high}]"
+    elif low is not None:
+        want = f"an int >= {low}"
+    elif high is not None:
+        want = f"an int <= {high}"
+    else:
+        want = "an int"
+    if allow_none:
+        want = f"None or {want}"
+    if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> float | None:
+    """Check ``value`` is a finite real number (not a bool) inside the given interval; return it as a float.
+
+    ``low_open``/``high_open`` make the bounds strict. Messages name the interval, e.g.
+    ``momentum must be a number in [0, 1), got 1.0``.
+    """
+    if value is None and allow_none:
+        return None
+    if low is not None and high is not None:
+        want = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        want = f"a finite number {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        want = f"a finite number {'<' if high_open else '<='} {high:g}"
+    else:
+        want = "a finite number"
+    if allow_none:
+        want = f"None or {want}"
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Check ``value`` is one of ``choices`` (exact match); return it.
+
+    Example:
+        >>> check_choice("kind", "sgdd", ("sgd", "adam"))
+        Traceback (most recent call last):
+        ...
+        ValueError: kind must be one of ('sgd', 'adam'), got 'sgdd'
+    """
+    if value not in tuple(choices) or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Check ``value`` is a bool (``True``/``False``, not 0/1 or a string); return it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_open_unit_interval(name: str, value: float | Tensor) -> None:
