@@ -1,10 +1,11 @@
-# Two entry points: `make demo` (the main job) and `make test`. Both create or reuse .venv.
+# Two entry points: `make demo` (the main job) and `make test`. Every target creates or reuses .venv.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test smoke lint venv clean
+.PHONY: demo test smoke lint typecheck docs test-wheel venv clean
 
 # Small ops run faster on one thread than on two here; override with `make demo THREADS=2`.
 THREADS ?= 1
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[higher,torchopt,dev]'
 	touch $(STAMP)
+
+# The documentation tools (the `docs` extra) on top of the development install.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[higher,torchopt,dev,docs]'
+	touch $(DOCS_STAMP)
 
 venv: $(STAMP)
 
@@ -31,12 +37,24 @@ smoke: $(STAMP)
 	$(BIN)/metaopt popart-regression --seeds 2 --steps 300 --out runs/smoke/fig1a --no-plot
 	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress
 	$(BIN)/metaopt verify --checks torchopt-toy,higher-toy
-	$(BIN)/metaopt bench --quick --out runs/smoke/bench
+	$(BIN)/python benchmarks/run.py --quick --out runs/smoke/bench
 	$(BIN)/python examples/maml_rl_scaled_study.py --seeds 1 --iterations 2 --tasks 3 --trajectories 3 \
 		--eval-trajectories 3 --eval-repeats 1 --out runs/smoke/study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# mypy on metaopt/ (configured in pyproject.toml, [tool.mypy]).
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# The documentation site into site/; any warning (broken link, unresolved reference, missing snippet) fails it.
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# Build the sdist and wheel, install the wheel into a fresh venv outside the repository, run the CLI from it.
+test-wheel: $(STAMP)
+	$(BIN)/python -m pytest -q -m wheel tests/test_wheel.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache site

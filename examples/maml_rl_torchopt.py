@@ -1,10 +1,14 @@
 """MAML-A2C on TabularMDP with TorchOpt, plus metaopt's differentiable PopArt and learnable beta and inner lr.
 
-The loop is TorchOpt's MAML-RL example (``MetaSGD`` inner optimizer, module and optimizer state extracted
-before the tasks and recovered after each task, outer Adam); the lines marked ``# metaopt:`` add PopArt
-value normalization (ART on the lambda-returns, POP on the value head's fast weights) and meta-learn
-``beta = sigmoid(logit_beta)`` and ``lr = exp(log_lr)``. With the same seed and settings, the first
-meta-gradient equals ``metaopt maml-rl --engine torchopt --popart --learn beta,lr``'s.
+The loop is TorchOpt's MAML-RL example: a ``MetaSGD`` inner optimizer stepping the module in place, module and
+optimizer state extracted before the tasks and recovered after each task, one inner step per batch of fresh
+episodes of the current fast weights, outer Adam. The lines marked ``# metaopt:`` add PopArt: ART on the
+lambda-returns with the debiased step size (the first step sets mu, sigma to the batch's mean and std), POP
+on the value head's fast weights (written into the module's ``_parameters``, as MetaSGD does) from the second
+step on (theta_0's head is read as a normalized prediction), an outer value error (G - V) / stopgrad(sigma),
+and meta-learned ``beta = sigmoid(logit_beta)`` and ``lr = exp(log_lr)``, which follow the outer policy term
+alone. With the same seed and settings, the first meta-gradient equals
+``metaopt maml-rl --engine torchopt --popart --learn beta,lr``'s.
 Run ``python examples/maml_rl_torchopt.py --iterations 2 --tasks 3 --trajectories 4`` for a smoke test.
 """
 
@@ -21,11 +25,11 @@ from torch import Tensor
 
 from metaopt import popart
 from metaopt.dataclass_args import parse_dataclass
-from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, draw_noise, sample_tasks
+from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
 from metaopt.rl import ActorCritic, lambda_returns, task_major
 
 Batch = dict[str, Tensor]
-Data = tuple[TaskBatch, RolloutNoise, RolloutNoise]  # one iteration's tasks, inner and outer noise
+Data = tuple[TaskBatch, list[RolloutNoise], RolloutNoise]  # one iteration's tasks, per-step and post noise
 
 
 @dataclass
@@ -39,15 +43,17 @@ class Args:
     tasks: int = 40
     """tasks per meta-iteration"""
     trajectories: int = 20
-    """episodes per task for each of the inner and the outer batch"""
-    inner_steps: int = 1
-    """inner MetaSGD steps per task"""
+    """episodes per task in each inner step's batch and in the outer batch"""
+    inner_steps: int = 2
+    """inner MetaSGD steps per task, each on fresh episodes (2: one debiased ART step leaves beta no role)"""
     inner_lr: float = 0.1
     """initial inner learning rate (learned as log_lr)"""
     beta: float = 0.1
     """initial PopArt step size (learned as logit_beta)"""
     outer_lr: float = 1e-3
-    """outer Adam learning rate"""
+    """outer Adam learning rate of the policy's weights"""
+    meta_lr: float = 0.03
+    """outer Adam learning rate of log_lr and logit_beta"""
     gamma: float = 0.99
     """discount"""
     lam: float = 0.95
@@ -71,64 +77,85 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     return parse_dataclass(Args, argv, description=__doc__.splitlines()[0], choices={"dtype": ("float32", "float64")})
 
 
-def returns_and_outputs(net: Callable, batch: Batch, state: popart.PopArtState, args: Args) -> tuple[Tensor, ...]:
-    """Policy logits, normalized values ``n(s)`` and lambda-returns bootstrapped from ``V = sigma n + mu``."""
+def a2c_terms(net: Callable, batch: Batch, state: popart.PopArtState, args: Args, *, outer: bool = False) -> tuple:
+    """Lambda-returns ``G`` (bootstrapped from the detached ``V = sigma n + mu``) and the A2C policy and value terms.
+
+    The value error is ``(G - mu) / sigma - n`` in the inner loss and ``(G - V) / stopgrad(sigma)`` outside.
+    """
     logits, n = net(batch["observations"])
     _, n_last = net(batch["last_observations"])
     v, v_last = popart.unnormalize(state, n), popart.unnormalize(state, n_last)  # metaopt: V = sigma n + mu
     g = lambda_returns(batch["rewards"], v.detach(), v_last.detach(), batch["dones"], args.gamma, args.lam)
-    return logits, n, g
-
-
-def a2c_loss(net: Callable, batch: Batch, state: popart.PopArtState, args: Args) -> Tensor:
-    """A2C loss whose value error and advantages are measured on PopArt-normalized returns."""
-    logits, n, g = returns_and_outputs(net, batch, state, args)
-    adv = popart.normalize(state, g) - n  # metaopt: (G - mu) / sigma - n(s)
+    adv = ((g - v) / state.sigma).detach()  # metaopt: scale-free advantages
+    err = (g - v) / state.sigma.detach() if outer else popart.normalize(state, g) - n  # metaopt: value error
     logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-    return -(adv.detach() * logp).mean() + args.value_coef * (adv**2).mean()
+    return g, -(adv * logp).mean(), (err**2).mean()
 
 
 def sample_iteration(gen: torch.Generator, args: Args) -> Data:
-    """Tasks, then the inner and the outer rollouts' random numbers, all from ``gen`` (metaopt's order)."""
+    """Tasks, then each inner step's and the post-adaptation rollout's random numbers, all from ``gen``."""
     tasks = sample_tasks(args.tasks, num_states=args.num_states, num_actions=args.num_actions, generator=gen)
-    noise = [
-        draw_noise(args.tasks, args.trajectories, args.horizon, generator=gen, dtype=getattr(torch, args.dtype))
-        for _ in range(2)
-    ]
-    return tasks, noise[0], noise[1]
+    kw = {"generator": gen, "dtype": getattr(torch, args.dtype)}
+    noise = [draw_noise(args.tasks, args.trajectories, args.horizon, **kw) for _ in range(args.inner_steps + 1)]
+    return tasks, noise[:-1], noise[-1]
 
 
-def meta_loss(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: Data, args: Args) -> tuple[Tensor, ...]:
-    """One meta-iteration's outer loss.
+def one_task(traj: Trajectories) -> Batch:
+    """One task's trajectories (the simulator's ``[T, 1, B, ...]``) as a batch ``[T, B, ...]``."""
+    return {k: v[0] for k, v in task_major(traj).items()}
+
+
+def outer_terms(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: Data, args: Args) -> tuple:
+    """One meta-iteration: adapt every task, then its outer terms.
 
     Returns:
-        ``(loss, pre_return, post_return)``: the outer A2C loss summed over tasks (differentiable to the
-        policy's weights, ``log_lr`` and ``logit_beta``) and the mean episode returns before and after adaptation.
+        ``(policy_term, value_term, pre_return, post_return)``: the outer policy and value terms summed over
+        tasks (differentiable to the policy's weights, ``log_lr`` and ``logit_beta``) and the mean episode
+        returns of ``theta_0`` and of the adapted weights.
     """
-    tasks, noise_pre, noise_post = data
+    tasks, noise_inner, noise_post = data
     dtype = getattr(torch, args.dtype)
     lr, beta = log_lr.exp(), torch.sigmoid(logit_beta)  # metaopt: learnable inner lr and PopArt beta
     inner_opt = torchopt.MetaSGD(policy, lr=lr)
     policy_state = torchopt.extract_state_dict(policy)
     optim_state = torchopt.extract_state_dict(inner_opt)
     sim = BatchedTabularMDP(tasks, args.horizon, dtype=dtype)
-    pre = sim.rollout(lambda obs: policy(obs)[0], noise_pre)  # every task starts from theta_0
-    pre_batch, outer_losses, post_returns = task_major(pre), [], []
+    pre = sim.rollout(lambda obs: policy(obs)[0], noise_inner[0])  # step 0: every task rolls out theta_0
+    pis, values, post_returns = [], [], []
     for i in range(args.tasks):
-        inner_batch = {k: v[i] for k, v in pre_batch.items()}
         state = popart.init(1, dtype=dtype)  # metaopt: per-task statistics, mu = 0, sigma = 1
-        for _ in range(args.inner_steps):
-            new = popart.art(state, returns_and_outputs(policy, inner_batch, state, args)[2], beta)  # metaopt: ART
-            w, b = popart.pop(policy.value.weight, policy.value.bias, state, new)  # metaopt: POP, output-preserving
-            policy.value._parameters["weight"], policy.value._parameters["bias"] = w, b  # metaopt: as MetaSGD does
+        for k in range(args.inner_steps):
+            if k == 0:  # theta_0's episodes (rolled out for all tasks at once)
+                batch = one_task(pre.select(i))
+            else:  # fresh episodes of the current fast weights
+                batch = one_task(sim.select(i).rollout(lambda obs: policy(obs)[0], noise_inner[k].select(i)))
+            new = popart.art(state, a2c_terms(policy, batch, state, args)[0], beta, debias=True)  # metaopt: ART
+            if k > 0:  # metaopt: POP; at k = 0 theta_0's head is read as a normalized prediction
+                w, b = popart.pop(policy.value.weight, policy.value.bias, state, new)
+                policy.value._parameters["weight"], policy.value._parameters["bias"] = w, b  # metaopt: as MetaSGD does
             state = new
-            inner_opt.step(a2c_loss(policy, inner_batch, state, args))
+            _, pi, value = a2c_terms(policy, batch, state, args)
+            inner_opt.step(pi + args.value_coef * value)
         post = sim.select(i).rollout(lambda obs: policy(obs)[0], noise_post.select(i))
-        outer_losses.append(a2c_loss(policy, {k: v[0] for k, v in task_major(post).items()}, state, args))
+        _, pi, value = a2c_terms(policy, one_task(post), state, args, outer=True)
+        pis.append(pi)
+        values.append(value)
         post_returns.append(post.rewards.sum(0).mean())
         torchopt.recover_state_dict(policy, policy_state)
         torchopt.recover_state_dict(inner_opt, optim_state)
-    return torch.stack(outer_losses).sum(), pre.rewards.sum(0).mean(), torch.stack(post_returns).mean()
+    return sum(pis), sum(values), pre.rewards.sum(0).mean(), torch.stack(post_returns).mean()
+
+
+def meta_gradient(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: Data, args: Args) -> tuple:
+    """The routed meta-gradient (name -> tensor), the outer loss and the pre- and post-adaptation returns.
+
+    ``theta_0`` follows ``policy + value_coef * value``; ``log_lr`` and ``logit_beta`` the policy term alone.
+    """
+    pi, value, pre_ret, post_ret = outer_terms(policy, log_lr, logit_beta, data, args)
+    g_lr, g_beta = torch.autograd.grad(pi, [log_lr, logit_beta], retain_graph=True)  # metaopt: policy objective
+    loss, theta = pi + args.value_coef * value, dict(policy.named_parameters())
+    grads = dict(zip(theta, torch.autograd.grad(loss, list(theta.values())), strict=True))
+    return grads | {"log_lr": g_lr, "logit_beta": g_beta}, loss.detach(), pre_ret, post_ret
 
 
 def setup(args: Args) -> tuple[ActorCritic, Tensor, Tensor, torch.Generator]:
@@ -145,11 +172,9 @@ def setup(args: Args) -> tuple[ActorCritic, Tensor, Tensor, torch.Generator]:
 
 
 def first_meta_gradient(args: Args) -> dict[str, Tensor]:
-    """The meta-gradient of the first iteration by parameter name (plus ``log_lr`` and ``logit_beta``)."""
+    """The routed meta-gradient of the first iteration by parameter name (plus ``log_lr`` and ``logit_beta``)."""
     policy, log_lr, logit_beta, gen = setup(args)
-    loss = meta_loss(policy, log_lr, logit_beta, sample_iteration(gen, args), args)[0]
-    named = dict(policy.named_parameters()) | {"log_lr": log_lr, "logit_beta": logit_beta}
-    return dict(zip(named, torch.autograd.grad(loss, list(named.values())), strict=True))
+    return meta_gradient(policy, log_lr, logit_beta, sample_iteration(gen, args), args)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -157,12 +182,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)  # tiny ops: one thread is fastest
     policy, log_lr, logit_beta, gen = setup(args)
-    outer_opt = torch.optim.Adam([*policy.parameters(), log_lr, logit_beta], lr=args.outer_lr)
+    named = dict(policy.named_parameters()) | {"log_lr": log_lr, "logit_beta": logit_beta}
+    groups = [{"params": list(policy.parameters())}, {"params": [log_lr, logit_beta], "lr": args.meta_lr}]
+    outer_opt = torch.optim.Adam(groups, lr=args.outer_lr)  # metaopt: meta_lr for the meta-parameters
     print(f"run TabularMDP__maml_rl_torchopt__{args.seed}")
     for it in range(1, args.iterations + 1):
-        outer_opt.zero_grad()
-        loss, pre_ret, post_ret = meta_loss(policy, log_lr, logit_beta, sample_iteration(gen, args), args)
-        loss.backward()
+        grads, loss, pre_ret, post_ret = meta_gradient(policy, log_lr, logit_beta, sample_iteration(gen, args), args)
+        for name, g in grads.items():
+            named[name].grad = g
         outer_opt.step()
         print(
             f"iter {it:4d}  loss {loss.item() / args.tasks:8.4f}  pre_return {pre_ret.item():7.3f}  "

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metaopt.engines import ENGINES, InnerLoop, adapt
-from metaopt.inner_optim import InnerOptimizer
+from metaopt.inner_optim import sgd
 from metaopt.meta_params import MetaParameters
 from metaopt.verify import finite_difference
 
@@ -57,7 +57,7 @@ def metaopt_meta_loss(model: nn.Linear, engine: str) -> torch.Tensor:
         x, y = batch
         return ((functional_call(model, params, (x,)) - y) ** 2).mean()
 
-    inner = InnerLoop(mse, steps=5, optimizer=InnerOptimizer("sgd", momentum=0.5))
+    inner = InnerLoop(mse, steps=5, optimizer=sgd(momentum=0.5))
     meta = MetaParameters(lr=0.3, dtype=torch.float64)
     w5 = adapt(model, inner, (X, Y), meta, engine=engine).params["weight"]
     return ((w5 - 3.5) ** 2).sum()

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from metaopt import popart as pa
 from metaopt.dataclass_args import parse_dataclass
 from metaopt.engines import ENGINES, InnerLoop, PopArtSpec, adapt
-from metaopt.inner_optim import InnerOptimizer
+from metaopt.inner_optim import sgd
 from metaopt.meta_params import MetaParameters
 from metaopt.verify import check_gradients, relative_error
 
@@ -52,7 +52,7 @@ def main(args: Args) -> int:
         return 0.5 * ((pred - pa.normalize(state, batch["y"])) ** 2).mean()
 
     spec = PopArtSpec("2.weight", "2.bias", targets=lambda params, batch, state: batch["y"])
-    inner = InnerLoop(inner_loss, steps=args.steps, optimizer=InnerOptimizer("sgd"), popart=spec)
+    inner = InnerLoop(inner_loss, steps=args.steps, optimizer=sgd(), popart=spec)
     meta = MetaParameters(lr=args.lr, beta=args.beta, learn=("lr", "beta"), dtype=torch.float64)
 
     def outer_loss(engine: str) -> torch.Tensor:

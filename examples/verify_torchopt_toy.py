@@ -58,7 +58,7 @@ def meta_gradients(args: Args, engine: str) -> tuple[float, float]:
     a1 = adapt(net, inner, x, meta, engine=engine).params["a"]
     outer = a1 * x**2
     dx, dlog_lr = torch.autograd.grad(outer, [x, meta.log_lr])
-    return float(dx), float(dlog_lr / meta.lr().detach())
+    return float(dx), float(dlog_lr / meta.lr.detach())
 
 
 def main(args: Args) -> int:

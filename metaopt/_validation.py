@@ -27,6 +27,7 @@ __all__ = [
     "check_finite",
     "check_task_ids",
     "check_same_dtype",
+    "check_positive_entries",
 ]
 
 
@@ -207,3 +208,25 @@ def check_same_dtype(**tensors: Tensor) -> None:
                 f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; expected one dtype "
                 "(cast with .to(dtype) first)"
             )
+
+
+def check_positive_entries(name: str, value: Tensor, *, hint: str = "") -> None:
+    """Check a floating tensor is positive and finite elementwise (e.g. PopArt's ``sigma``).
+
+    Skipped for tensors wrapped by ``torch.func`` transforms (values cannot be read there). The message
+    names the first bad entry and its index, e.g. ``state.sigma must be positive and finite, got 0.0 at
+    index [1]``, followed by ``hint`` when given.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if not is_concrete(value):
+        return
+    bad = ~(torch.isfinite(value) & (value > 0))
+    if bool(bad.any()):
+        index = bad.nonzero()[0].tolist()
+        extra = f" ({hint})" if hint else ""
+        got = value[tuple(index)].item()
+        error = NonFiniteValueError if not math.isfinite(got) else ValueError  # NaN/inf: a non-finite failure
+        raise error(f"{name} must be positive and finite, got {got} at index {index}{extra}")

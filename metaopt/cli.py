@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from metaopt._version import __version__
+
 __all__ = ["main", "SUBCOMMANDS"]
 
 #: name -> (module path, one-line help)
@@ -27,10 +29,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "metaopt.experiments.maml_rl",
         "MAML-A2C on TabularMDP with PopArt value normalization, learning beta and the inner lr.",
     ),
-    "bench": (
-        "metaopt.experiments.bench",
-        "Benchmark the MAML-A2C job (speed, memory) against a TorchOpt-style loop, with identical-math checks.",
-    ),
 }
 
 
@@ -40,6 +38,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="metaopt",
         description="Differentiable PopArt and verified meta-gradients for meta-RL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,

@@ -1,12 +1,18 @@
-"""Command-line parsing for a ``@dataclass`` of arguments (the examples' cleanrl-style ``Args``).
+r"""Command-line flags generated from a ``@dataclass`` (the examples' cleanrl-style ``Args``, the CLIs' configs).
 
-Each field becomes ``--field-name`` with the field's default and type; the help text is the string literal
-written right below the field (its "docstring"), as in::
+Each field becomes ``--field-name`` with the field's type; its help is the field's documentation, read either
+from the string literal written right below the field, as in::
 
     @dataclass
     class Args:
         seed: int = 0
         \"\"\"seed of everything\"\"\"
+
+or from the class docstring's Google-style ``Attributes:`` section. Defaults are stated once, in the dataclass;
+the help prints them. Allowed values come from ``field(metadata={"choices": (...)})`` or ``choices=``.
+
+Supported field types: ``bool`` (``--flag/--no-flag``), ``int``, ``float``, ``str``, ``X | None`` (the word
+``none`` gives ``None``) and ``tuple[str, ...]`` (a comma list; ``none`` gives ``()``).
 """
 
 from __future__ import annotations
@@ -15,28 +21,140 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["field_docs", "parse_dataclass"]
+__all__ = ["field_docs", "add_dataclass_arguments", "dataclass_overrides", "parse_dataclass"]
 
 T = TypeVar("T")
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field docs from the class docstring's ``Attributes:`` section (continuation lines joined)."""
+    doc = inspect.getdoc(cls) or ""
+    m = re.search(r"^Attributes:\n((?:[ \t]+.*\n?|\n)*)", doc, re.MULTILINE)
+    if not m:
+        return {}
+    out: dict[str, str] = {}
+    current = None
+    for line in m.group(1).splitlines():
+        item = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: (.*)$", line)
+        if item:
+            current = item.group(1)
+            out[current] = item.group(2).strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+    return out
+
+
 def field_docs(cls: type) -> dict[str, str]:
-    """Map each field of the dataclass ``cls`` to the string literal right below it (whitespace collapsed)."""
+    """Map each field of the dataclass ``cls`` to its documentation (whitespace collapsed).
+
+    The string literal right below a field wins; otherwise the ``Attributes:`` section of the docstring.
+    """
+    docs = _attribute_docs(cls)
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):  # no source available (e.g. defined in an interactive session)
-        return {}
+        return docs
     body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-    docs = {}
     for a, b in zip(body, body[1:], strict=False):
         if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
                 and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
             docs[a.target.id] = " ".join(b.value.value.split())
     return docs
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _converter(tp: Any, choices: Sequence[Any] | None) -> tuple[Any, bool]:
+    """``(argparse type, is_bool)`` for a resolved field type."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
+    if tp is bool:
+        return None, True
+    if typing.get_origin(tp) is tuple:
+        def comma_list(value: str) -> tuple[str, ...]:
+            items = tuple(x.strip() for x in value.split(",") if x.strip())
+            items = () if items == ("none",) else items
+            bad = [x for x in items if choices is not None and x not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"expected a comma list of {','.join(map(str, choices or ()))} "
+                                                 f"(or 'none'), got {value!r} (unknown: {bad})")
+            return items
+
+        return comma_list, False
+    base = tp if tp in (int, float, str) else str
+
+    def convert(value: str) -> Any:
+        if optional and value.lower() == "none":
+            return None
+        try:
+            return base(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {base.__name__} value: {value!r}") from None
+
+    convert.__name__ = base.__name__
+    return convert, False
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    exclude: Sequence[str] = (),
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    overridable: bool = False,
+) -> dict[str, str]:
+    """Add one flag per field of ``cls`` to ``parser``.
+
+    Args:
+        parser: The parser (or argument group).
+        cls: The dataclass.
+        exclude: Fields to leave out.
+        choices: Allowed values per field (besides ``metadata={"choices": ...}``).
+        overridable: Every flag defaults to ``None`` ("not given"), for callers that layer explicit flags over
+            presets (see :func:`dataclass_overrides`); the help still shows the dataclass default.
+
+    Returns:
+        Field name -> flag (``"--field-name"``), e.g. to name flags in validation messages.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"cls must be a dataclass, got {cls!r}")
+    docs, hints, flags = field_docs(cls), typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        flags[f.name] = flag
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        allowed = (choices or {}).get(f.name, f.metadata.get("choices"))
+        convert, is_bool = _converter(hints[f.name], allowed)
+        help_text = f"{docs.get(f.name, '')} (default: {_show(default)})".strip()
+        kw: dict[str, Any] = {"default": None if overridable else default, "help": help_text}
+        if is_bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(hints[f.name]) is tuple:
+            parser.add_argument(flag, type=convert, metavar="A,B", **kw)
+        else:
+            parser.add_argument(flag, type=convert, choices=allowed, **kw)
+    return flags
+
+
+def dataclass_overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` given explicitly on the command line (flags added with ``overridable=True``)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
 
 
 def parse_dataclass(
@@ -49,7 +167,7 @@ def parse_dataclass(
     """Parse command-line flags into an instance of the dataclass ``cls``.
 
     Args:
-        cls: A dataclass whose fields all have defaults of type bool, int, float or str.
+        cls: A dataclass whose fields all have defaults of the supported types.
         argv: Arguments (default: ``sys.argv[1:]``).
         description: The parser's description.
         choices: Optional allowed values per field name.
@@ -59,14 +177,6 @@ def parse_dataclass(
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"cls must be a dataclass, got {cls!r}")
-    docs, choices = field_docs(cls), choices or {}
     parser = argparse.ArgumentParser(description=description)
-    for f in dataclasses.fields(cls):
-        flag, default = f"--{f.name.replace('_', '-')}", f.default
-        help_text = f"{docs.get(f.name, '')} (default: {default})".strip()
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name),
-                                help=help_text)
+    add_dataclass_arguments(parser, cls, choices=choices)
     return cls(**vars(parser.parse_args(argv)))

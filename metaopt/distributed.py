@@ -11,17 +11,17 @@ loss or gradient at the same point (no rank is left waiting in a collective). Ra
 logs and writes the artifacts and checkpoints; ``--resume`` reads the checkpoint on rank 0 and
 broadcasts it.
 
-Launch::
+This module is infrastructure: it knows nothing of the job (it imports nothing from :mod:`metaopt.maml` or
+:mod:`metaopt.experiments`). The job's launchers::
 
-    metaopt maml-rl --nproc 4 ...                          # one machine: spawns 4 local workers
-    torchrun --nproc_per_node=4 -m metaopt.distributed ...   # any torchrun setup, several machines too
+    metaopt maml-rl --nproc 4 ...                                     # one machine: 4 local workers (spawn)
+    torchrun --nproc_per_node=4 -m metaopt.experiments.maml_rl ...    # any torchrun setup, several machines
 
-The backend is ``gloo`` for CPU tensors (the job runs on CPU) and ``nccl`` for CUDA tensors.
+The backend is ``gloo`` for CPU tensors and ``nccl`` for CUDA tensors.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import pickle
@@ -31,16 +31,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from metaopt.maml import MetaLearner
+from metaopt._validation import check_int
 
-__all__ = ["Communicator", "shard_slice", "select_backend", "init_from_env", "spawn", "launch", "main"]
+__all__ = ["Communicator", "shard_slice", "select_backend", "init_from_env", "started_by_torchrun", "shutdown",
+           "spawn", "launch"]
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -50,11 +50,9 @@ def shard_slice(num_tasks: int, world_size: int, rank: int) -> slice:
 
     The first ``num_tasks % world_size`` ranks get one task more (5 tasks on 2 ranks: ``0:3``, ``3:5``).
     """
-    for name, v in (("num_tasks", num_tasks), ("world_size", world_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    check_int("num_tasks", num_tasks, low=1)
+    check_int("world_size", world_size, low=1)
+    check_int(f"rank (world_size={world_size})", rank, low=0, high=world_size - 1)
     if world_size > num_tasks:
         raise ValueError(f"world_size must be <= num_tasks={num_tasks} so that every rank has a task, "
                          f"got {world_size}")
@@ -99,12 +97,6 @@ class Communicator:
         """This rank's contiguous shard of ``num_tasks`` tasks."""
         return shard_slice(num_tasks, self.world_size, self.rank)
 
-    def step_kwargs(self, num_tasks: int) -> dict[str, Any]:
-        """Keyword arguments of :meth:`metaopt.maml.MetaLearner.step` for this rank."""
-        sl = self.task_slice(num_tasks)
-        return {"task_slice": sl, "reduce_grads": self.all_reduce_sum,
-                "gather_tasks": lambda x: self.gather_tasks(x, num_tasks)}
-
     # ----------------------------------------------------------------------------------- collectives
     def all_reduce_sum(self, tensors: Sequence[Tensor]) -> None:
         """Sum ``tensors`` over ranks, in place (one flat all-reduce per dtype)."""
@@ -144,33 +136,45 @@ class Communicator:
         dist.broadcast_object_list(box, src=src, group=self.group)
         return box[0]
 
-    def check_replicated(self, learner: MetaLearner) -> None:
-        """Raise the same ``RuntimeError`` on every rank if the replicated training state differs."""
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        dist.barrier(group=self.group)
+
+    def check_replicated(self, tensors: Sequence[Tensor], iteration: int) -> None:
+        """Raise the same ``RuntimeError`` on every rank if ``tensors`` (the replicated state) differ between ranks."""
         h = hashlib.sha256()
-        tensors = [*learner.parameters(), learner.generator.get_state()]
-        for s in learner.optimizer.state.values():
-            tensors += [v for _, v in sorted(s.items()) if isinstance(v, Tensor)]
         for t in tensors:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        h.update(str(learner.iteration).encode())
+        h.update(str(iteration).encode())
         digests: list[Any] = [None] * self.world_size
         dist.all_gather_object(digests, h.hexdigest(), group=self.group)
         if len(set(digests)) != 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
             raise RuntimeError(
                 f"the replicated training state (model, meta-parameters, optimizer, generator) differs between "
-                f"ranks at iteration {learner.iteration}: ranks {differ} differ from rank 0; expected identical "
+                f"ranks at iteration {iteration}: ranks {differ} differ from rank 0; expected identical "
                 "replicas (same metaopt/torch versions and seed on every machine)"
             )
 
 
 # -------------------------------------------------------------------------------------- set-up
+def started_by_torchrun() -> bool:
+    """Whether torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) is set."""
+    return all(k in os.environ for k in _ENV)
+
+
+def shutdown() -> None:
+    """Destroy the default process group if one is initialized."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_from_env(device: torch.device | str | None = None) -> Communicator:
     """Initialize the default process group from torchrun's environment (``env://``)."""
     missing = [k for k in _ENV if k not in os.environ]
     if missing:
         raise RuntimeError(
-            f"metaopt.distributed must be started by torchrun (environment variables {missing} are not set); "
+            f"a distributed run must be started by torchrun (environment variables {missing} are not set); "
             "on one machine use `metaopt maml-rl --nproc N` instead"
         )
     if not dist.is_initialized():
@@ -231,8 +235,7 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = 
         torch.multiprocessing.ProcessRaisedException: a worker raised (the others are stopped).
         torch.multiprocessing.ProcessExitedException: a worker died.
     """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    check_int("nproc", nproc, low=1)
     if threads is None:
         threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     import torch.multiprocessing as mp
@@ -246,49 +249,20 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = 
             return pickle.load(f)
 
 
-# ------------------------------------------------------------------------------------ maml-rl
-def _cli_worker(comm: Communicator, args: argparse.Namespace) -> int:
-    from metaopt.experiments.maml_rl import run
-
-    return run(args, comm=comm)
-
-
-def launch(args: argparse.Namespace) -> int:
-    """``metaopt maml-rl --nproc N``: run the job on ``N`` local processes; return rank 0's exit code."""
+def launch(fn: Callable[..., int], nproc: int, *args: Any, prog: str = "metaopt") -> int:
+    """Run ``fn(comm, *args) -> exit code`` on ``nproc`` local processes; return rank 0's code (1 if one failed)."""
     import torch.multiprocessing as mp
 
     try:
-        return int(spawn(_cli_worker, args.nproc, args))
+        return int(spawn(fn, nproc, *args))
     except mp.ProcessRaisedException as err:
-        print(f"metaopt maml-rl: error: a worker process failed:\n{err}", file=sys.stderr)
+        print(f"{prog}: error: a worker process failed:\n{err}", file=sys.stderr)
     except mp.ProcessExitedException as err:
-        print(f"metaopt maml-rl: error: a worker process died: {err}", file=sys.stderr)
+        print(f"{prog}: error: a worker process died: {err}", file=sys.stderr)
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``torchrun [torchrun flags] -m metaopt.distributed [maml-rl flags]``: one rank of the job."""
-    from metaopt.experiments.maml_rl import add_arguments, run
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["maml-rl"]:
-        argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="torchrun ... -m metaopt.distributed",
-                                     description="One rank of distributed `metaopt maml-rl` (started by torchrun).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        comm = init_from_env()
-    except RuntimeError as err:
-        print(f"metaopt.distributed: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        code = run(args, comm=comm)
-        dist.barrier()  # leave together
-        return code
-    finally:
-        dist.destroy_process_group()
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    print("metaopt.distributed is a library module; run the job with torchrun -m metaopt.experiments.maml_rl "
+          "(or metaopt maml-rl --nproc N on one machine)", file=sys.stderr)
+    sys.exit(2)

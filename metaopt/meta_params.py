@@ -37,7 +37,11 @@ class MetaParameters(nn.Module):
         per_parameter: Parameter names that each get their own learning rate (Meta-SGD); ``None`` means
             one scalar rate for all.
         dtype: Floating dtype.
+        device: Device of the meta-parameters.
     """
+
+    log_lr: Tensor  # registered as a parameter (learned) or a buffer (fixed); absent with per_parameter
+    logit_beta: Tensor
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class MetaParameters(nn.Module):
         learn: Iterable[str] = (),
         per_parameter: Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("lr", lr)
@@ -60,13 +65,13 @@ class MetaParameters(nn.Module):
         dtype = dtype or torch.get_default_dtype()
 
         def make(value: float, learned: bool) -> Tensor:
-            t = torch.tensor(value, dtype=dtype)
+            t = torch.tensor(value, dtype=dtype, device=device)
             return nn.Parameter(t) if learned else t
 
         if self.per_parameter is None:
             self._set("log_lr", make(math.log(lr), "lr" in learn))
         else:
-            self.log_lrs = nn.ParameterDict() if "lr" in learn else {}
+            self.log_lrs: nn.ParameterDict | dict[str, Tensor] = nn.ParameterDict() if "lr" in learn else {}
             for name in self.per_parameter:
                 t = make(math.log(lr), "lr" in learn)
                 if "lr" in learn:
@@ -81,20 +86,47 @@ class MetaParameters(nn.Module):
         else:
             self.register_buffer(name, value)
 
+    def _tensor(self, name: str) -> Tensor:
+        t = getattr(self, name)
+        assert isinstance(t, Tensor)
+        return t
+
+    @property
     def lr(self) -> Tensor | dict[str, Tensor]:
-        """The inner learning rate ``exp(log_lr)``: a 0-dim tensor, or a dict name -> 0-dim tensor."""
+        """The inner learning rate ``exp(log_lr)``: a 0-dim tensor, or a dict name -> 0-dim tensor (Meta-SGD).
+
+        A property (``meta.lr.detach()``), differentiable to ``log_lr`` when ``"lr"`` is learned.
+        """
         if self.per_parameter is None:
-            return self.log_lr.exp()
+            return self._tensor("log_lr").exp()
         if "lr" in self.learn:
             return {n: self.log_lrs[_key(n)].exp() for n in self.per_parameter}
-        return {n: getattr(self, f"log_lr__{_key(n)}").exp() for n in self.per_parameter}
+        return {n: self._tensor(f"log_lr__{_key(n)}").exp() for n in self.per_parameter}
 
+    def lr_by_name(self, names: Iterable[str]) -> dict[str, Tensor]:
+        """One learning rate per parameter name: the shared rate repeated, or each parameter's own.
+
+        The single representation the engines use (no scalar-vs-dict branching downstream).
+
+        Raises:
+            ValueError: per-parameter rates that do not name every one of ``names``.
+        """
+        names = list(names)
+        lr = self.lr
+        if isinstance(lr, dict):
+            missing = [n for n in names if n not in lr]
+            if missing:
+                raise ValueError(f"per_parameter must name every model parameter; missing {missing}")
+            return {n: lr[n] for n in names}
+        return dict.fromkeys(names, lr)
+
+    @property
     def beta(self) -> Tensor:
-        """PopArt's step size ``sigmoid(logit_beta)`` (0-dim tensor in ``(0, 1)``)."""
-        return torch.sigmoid(self.logit_beta)
+        """PopArt's step size ``sigmoid(logit_beta)`` (0-dim tensor in ``(0, 1)``); a property."""
+        return torch.sigmoid(self._tensor("logit_beta"))
 
     def summary(self) -> dict[str, float]:
         """Current values as plain floats (the mean rate when per-parameter)."""
-        lr = self.lr()
+        lr = self.lr
         lr_value = float(torch.stack(list(lr.values())).detach().mean()) if isinstance(lr, dict) else float(lr.detach())
-        return {"lr": lr_value, "beta": float(self.beta().detach())}
+        return {"lr": lr_value, "beta": float(self.beta.detach())}

@@ -17,14 +17,18 @@ from torch.func import functional_call
 from metaopt import popart as pa
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.envs import Trajectories
-from metaopt.inner_optim import InnerOptimizer
+from metaopt.inner_optim import InnerOptimizer, sgd
 
 __all__ = [
     "ActorCritic",
     "A2CConfig",
     "Batch",
     "task_major",
+    "state_table",
     "lambda_returns",
+    "A2CTerms",
+    "VALUE_UNITS",
+    "a2c_terms",
     "a2c_loss",
     "returns_targets",
     "make_inner_loop",
@@ -79,18 +83,29 @@ class A2CConfig(NamedTuple):
     policy_coef: float = 1.0
 
 
+#: How the value error is scaled with PopArt (see :func:`a2c_terms`).
+VALUE_UNITS = ("normalized", "sg_scale")
+
 DEFAULT_A2C = A2CConfig()
 
 
-def task_major(traj: Trajectories) -> Batch:
-    """Convert simulator output (``[T, N, B, ...]``) to a task-major batch dict (``[N, T, B, ...]``)."""
-    return {
+def task_major(traj: Trajectories, *, states: bool = False) -> Batch:
+    """Convert simulator output (``[T, N, B, ...]``) to a task-major batch dict (``[N, T, B, ...]``).
+
+    With ``states=True`` the batch also carries the state indices (``states`` ``[N, T, B]``, ``last_states``
+    ``[N, B]``), and the losses of this module evaluate the network once per state and gather (see
+    :func:`a2c_terms`).
+    """
+    batch = {
         "observations": traj.observations.transpose(0, 1),
         "actions": traj.actions.transpose(0, 1),
         "rewards": traj.rewards.transpose(0, 1),
         "dones": traj.dones.transpose(0, 1),
         "last_observations": traj.last_observations,
     }
+    if states:
+        batch |= {"states": traj.states.transpose(0, 1), "last_states": traj.last_states}
+    return batch
 
 
 def lambda_returns(
@@ -124,7 +139,22 @@ def lambda_returns(
     return torch.stack(out[::-1], dim=0)
 
 
+def state_table(model: nn.Module, params: Params, num_states: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The network on every one-hot state: ``(logits [S, A], n [S])`` (one forward pass of ``S`` rows)."""
+    eye = torch.eye(num_states, dtype=like.dtype, device=like.device)
+    logits, n = functional_call(model, params, (eye,))
+    return logits, n
+
+
 def _forward(model: nn.Module, params: Params, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits and normalized values at the visited states and at the states after the last step.
+
+    With ``states`` in the batch (one-hot observations of tabular states) the network runs once per state and
+    the visits are gathered: the same values as a forward pass per visit, with ``S`` rows instead of ``T * B``.
+    """
+    if "states" in batch:
+        logits, n = state_table(model, params, batch["observations"].shape[-1], batch["observations"])
+        return logits[batch["states"]], n[batch["states"]], n[batch["last_states"]]
     logits, n = functional_call(model, params, (batch["observations"],))
     _, n_last = functional_call(model, params, (batch["last_observations"],))
     return logits, n, n_last
@@ -141,18 +171,72 @@ def returns_targets(
     return lambda_returns(batch["rewards"], n.detach(), n_last.detach(), batch["dones"], cfg.gamma, cfg.lam)
 
 
+class A2CTerms(NamedTuple):
+    """The two terms of the A2C loss of one task (scalars).
+
+    Attributes:
+        policy: ``-mean(sg(A) log pi(a|s))``.
+        value: ``mean(A_v^2)``.
+    """
+
+    policy: Tensor
+    value: Tensor
+
+
+def a2c_terms(
+    model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig = DEFAULT_A2C,
+    *, value_units: str = "normalized",
+) -> A2CTerms:
+    r"""The policy and value terms of the A2C loss on one task's trajectories.
+
+    .. math::
+        P = -\operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)), \qquad V = \operatorname{mean}(A_v^2)
+
+    ``G`` are the lambda-returns (:func:`lambda_returns`) with detached bootstrap values. Without PopArt
+    ``A = A_v = G - V(s)``. With PopArt (``V(s) = \sigma n(s) + \mu``) the value error is scale-free and
+    ``value_units`` says how it depends on the statistics:
+
+    * ``"normalized"``: :math:`A_v = (G - \mu)/\sigma - n(s)` (PopArt's loss; the inner loop's choice);
+    * ``"sg_scale"``: :math:`A_v = (G - V(s)) / \operatorname{sg}(\sigma)` -- the same value, but no gradient
+      through the scale: an outer loss of this form cannot be lowered by inflating :math:`\sigma` (which the
+      normalized form rewards: :math:`\partial A_v^2/\partial\sigma < 0`).
+
+    The policy uses ``A = (G - V)/sigma`` if ``popart_advantages`` else ``G - V``.
+
+    Args:
+        model: The :class:`ActorCritic` (its structure; values come from ``params``).
+        params: Parameters by name.
+        batch: One task's trajectories (:data:`Batch`).
+        state: PopArt statistics, or ``None`` for no PopArt.
+        cfg: Loss settings.
+        value_units: ``"normalized"`` or ``"sg_scale"`` (PopArt only).
+
+    Returns:
+        :class:`A2CTerms` ``(policy, value)``.
+    """
+    if value_units not in VALUE_UNITS:
+        raise ValueError(f"value_units must be one of {VALUE_UNITS}, got {value_units!r}")
+    logits, n, n_last = _forward(model, params, batch)
+    if state is None:
+        values, last = n, n_last
+    else:
+        values, last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
+    returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
+    if state is None:
+        adv_value = returns - values
+        adv_policy = adv_value.detach()
+    else:
+        sigma = state.sigma.detach() if value_units == "sg_scale" else state.sigma
+        adv_value = (returns - values) / sigma if value_units == "sg_scale" else pa.normalize(state, returns) - n
+        adv_policy = ((returns - values) / sigma).detach() if cfg.popart_advantages else (returns - values).detach()
+    logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+    return A2CTerms(-(adv_policy * logp).mean(), (adv_value**2).mean())
+
+
 def a2c_loss(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig = DEFAULT_A2C
 ) -> Tensor:
-    r"""A2C loss on one task's trajectories.
-
-    .. math::
-        L = -c_\pi \operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)) + c_v \operatorname{mean}(A_v^2)
-
-    Without PopArt ``A = A_v = G - V(s)``. With PopArt the value error is normalized,
-    ``A_v = (G - \mu)/\sigma - n(s)``, and the policy uses ``A = A_v`` if ``popart_advantages`` (i.e.
-    ``(G - V)/\sigma``) else ``G - V``. ``G`` are the lambda-returns (:func:`lambda_returns`) with
-    detached bootstrap values.
+    r"""A2C loss on one task's trajectories: :math:`c_\pi P + c_v V` of :func:`a2c_terms` (normalized units).
 
     Args:
         model: The :class:`ActorCritic` (its structure; values come from ``params``).
@@ -164,20 +248,8 @@ def a2c_loss(
     Returns:
         Scalar loss.
     """
-    logits, n, n_last = _forward(model, params, batch)
-    if state is None:
-        values, last = n, n_last
-    else:
-        values, last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
-    returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
-    if state is None:
-        adv_value = returns - values
-        adv_policy = adv_value.detach()
-    else:
-        adv_value = pa.normalize(state, returns) - n
-        adv_policy = adv_value.detach() if cfg.popart_advantages else (returns - values).detach()
-    logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-    return -cfg.policy_coef * (adv_policy * logp).mean() + cfg.value_coef * (adv_value**2).mean()
+    terms = a2c_terms(model, params, batch, state, cfg)
+    return cfg.policy_coef * terms.policy + cfg.value_coef * terms.value
 
 
 def make_inner_loop(
@@ -189,8 +261,13 @@ def make_inner_loop(
     optimizer: InnerOptimizer | None = None,
     first_order: bool = False,
     truncate: int | None = None,
+    debias: bool = False,
+    first_pop: bool = True,
 ) -> InnerLoop:
-    """The MAML-A2C inner loop; with ``popart``, ART runs on the lambda-returns and POP on ``value``."""
+    """The MAML-A2C inner loop; with ``popart``, ART runs on the lambda-returns and POP on ``value``.
+
+    ``debias`` and ``first_pop`` are :class:`~metaopt.engines.PopArtSpec`'s options.
+    """
 
     def loss(params: Params, batch: Batch, state: pa.PopArtState | None) -> Tensor:
         return a2c_loss(model, params, batch, state, cfg)
@@ -198,9 +275,9 @@ def make_inner_loop(
     spec = None
     if popart:
         spec = PopArtSpec(
-            "value.weight", "value.bias", targets=lambda p, b, s: returns_targets(model, p, b, s, cfg)
+            "value.weight", "value.bias", targets=lambda p, b, s: returns_targets(model, p, b, s, cfg),
+            debias=debias, first_pop=first_pop,
         )
     return InnerLoop(
-        loss, steps=steps, optimizer=optimizer or InnerOptimizer(), first_order=first_order, truncate=truncate,
-        popart=spec,
+        loss, steps=steps, optimizer=optimizer or sgd(), first_order=first_order, truncate=truncate, popart=spec,
     )

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from metaopt import popart as pa
 from metaopt.engines import InnerLoop, PopArtSpec
-from metaopt.inner_optim import InnerOptimizer
+from metaopt.inner_optim import adam, sgd
 
 
 class ValueNet(nn.Module):
@@ -34,16 +34,31 @@ def make_tasks(num_tasks: int = 3, n: int = 8, seed: int = 1, scale: float = 10.
     return {"x": x, "y": y}
 
 
+def bootstrapped_targets(model: nn.Module, gamma: float = 0.9):
+    """ART targets that depend on the fast weights: ``y + gamma * V(x')`` with ``V`` unnormalized, not detached."""
+
+    def targets(params, batch, state):
+        return batch["y"] + gamma * pa.unnormalize(state, functional_call(model, params, (batch["x"].flip(0),)))
+
+    return targets
+
+
 def make_inner(model: nn.Module, *, popart: bool = True, steps: int = 1, kind: str = "sgd", momentum: float = 0.0,
-               first_order: bool = False, truncate: int | None = None, eps: float = 1e-8) -> InnerLoop:
+               first_order: bool = False, truncate: int | None = None, eps: float = 1e-8,
+               weight_targets: bool = False) -> InnerLoop:
+    """The toy inner loop; ``weight_targets`` makes the ART targets *and* the loss's targets weight-dependent."""
+    boot = bootstrapped_targets(model)
+
     def loss(params, batch, state):
         pred = functional_call(model, params, (batch["x"],))
-        target = pa.normalize(state, batch["y"]) if state is not None else batch["y"]
+        y = boot(params, batch, state) if weight_targets else batch["y"]
+        target = pa.normalize(state, y) if state is not None else y
         return 0.5 * ((pred - target) ** 2).mean()
 
-    spec = PopArtSpec("value.weight", "value.bias", targets=lambda params, batch, state: batch["y"]) if popart else None
-    return InnerLoop(loss, steps=steps, optimizer=InnerOptimizer(kind, momentum=momentum, eps=eps),
-                     first_order=first_order, truncate=truncate, popart=spec)
+    targets = boot if weight_targets else (lambda params, batch, state: batch["y"])
+    spec = PopArtSpec("value.weight", "value.bias", targets=targets) if popart else None
+    opt = adam(eps=eps) if kind == "adam" else sgd(momentum=momentum)
+    return InnerLoop(loss, steps=steps, optimizer=opt, first_order=first_order, truncate=truncate, popart=spec)
 
 
 def outer_loss(model: nn.Module, params, batch, state) -> torch.Tensor:

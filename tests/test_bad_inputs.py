@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaopt import maml
 from metaopt import popart as pa
 from metaopt.cli import main
 from metaopt.engines import adapt
@@ -25,6 +24,7 @@ from metaopt.envs import BatchedTabularMDP, sample_tasks
 from metaopt.experiments import maml_rl
 from metaopt.experiments.maml_rl import CHECKPOINT, load_checkpoint, save_checkpoint, train
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError
+from metaopt.maml import learner as maml
 from metaopt.meta_params import MetaParameters
 
 F64 = torch.float64
@@ -88,18 +88,18 @@ LIBRARY = [
         MetaLearner(small())), ValueError, ["engine", "'jax'", "('func', 'higher', 'torchopt')"]),
     ("config-beta-one", lambda t: MAMLConfig(beta=1.0).validate(), ValueError, ["beta", "1.0", "(0, 1)"]),
     ("config-outer-lr-zero", lambda t: MAMLConfig(outer_lr=0.0).validate(), ValueError,
-     ["outer_lr", "0.0", "positive finite"]),
+     ["outer_lr", "0.0", "finite number > 0"]),
     ("config-inner-lr-nan", lambda t: MAMLConfig(inner_lr=float("nan")).validate(), ValueError,
-     ["inner_lr", "nan", "positive finite"]),
+     ["inner_lr", "nan", "finite number > 0"]),
     ("config-negative-tasks", lambda t: MAMLConfig(tasks=-3).validate(), ValueError, ["tasks", "-3", "int >= 1"]),
     ("config-unknown-engine", lambda t: MAMLConfig(engine="jax").validate(), ValueError,
      ["engine", "'jax'", "one of ('func', 'higher', 'torchopt')"]),
     ("config-learn-beta-without-popart", lambda t: MAMLConfig(learn=("beta",)).validate(), ValueError,
      ["learn", "'beta'", "popart", "expected popart on"]),
     ("config-dtype", lambda t: MAMLConfig(dtype="float16").validate(), ValueError,
-     ["dtype", "'float16'", "'float32' or 'float64'"]),
+     ["dtype", "'float16'", "one of ('float32', 'float64')"]),
     ("config-truncate", lambda t: MAMLConfig(truncate=3).validate(), ValueError,
-     ["truncate", "3", "[0, inner_steps=1]"]),
+     ["truncate", "3", "inner_steps=1", "[0, 1]"]),
     ("config-negative-seed", lambda t: MAMLConfig(seed=-1).validate(), ValueError, ["seed", "-1", "int >= 0"]),
     ("metalearner-task-slice-out-of-range", lambda t: (lambda lr: lr.meta_loss(lr.sample_iteration(),
      task_slice=slice(2, 7)))(MetaLearner(small())), ValueError,
@@ -159,7 +159,7 @@ def _unwritable(t, mp):
     locked.mkdir()
     locked.chmod(0o500)  # enough for non-root users; root ignores it, hence also:
     real = os.access
-    mp.setattr(maml_rl.os, "access", lambda p, m, *a, **k: False if Path(p) == locked and m & os.W_OK
+    mp.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == locked and m & os.W_OK
                else real(p, m, *a, **k))
     return locked / "run"
 
@@ -196,11 +196,11 @@ CLI = [
     ("non-int-tasks", ["--tasks", "abc"], _fresh, ["--tasks", "'abc'", "invalid int value"]),
     ("zero-trajectories", ["--trajectories", "0"], _fresh, ["--trajectories", "0", "int >= 1"]),
     ("zero-iterations", ["--iterations", "0"], _fresh, ["--iterations", "0", "int >= 1"]),
-    ("beta-above-1", ["--beta", "1.5"], _fresh, ["--beta", "1.5", "open interval (0, 1)"]),
+    ("beta-above-1", ["--beta", "1.5"], _fresh, ["--beta", "1.5", "(0, 1)"]),
     ("beta-zero", ["--beta", "0"], _fresh, ["--beta", "0.0", "(0, 1)"]),
-    ("inner-lr-zero", ["--inner-lr", "0"], _fresh, ["--inner-lr", "0.0", "positive finite"]),
-    ("outer-lr-negative", ["--outer-lr", "-0.001"], _fresh, ["--outer-lr", "-0.001", "positive finite"]),
-    ("inner-lr-nan", ["--inner-lr", "nan"], _fresh, ["--inner-lr", "nan", "positive finite"]),
+    ("inner-lr-zero", ["--inner-lr", "0"], _fresh, ["--inner-lr", "0.0", "finite number > 0"]),
+    ("outer-lr-negative", ["--outer-lr", "-0.001"], _fresh, ["--outer-lr", "-0.001", "finite number > 0"]),
+    ("inner-lr-nan", ["--inner-lr", "nan"], _fresh, ["--inner-lr", "nan", "finite number > 0"]),
     ("bad-learn", ["--learn", "beta,foo"], _fresh, ["--learn", "'beta,foo'", "comma list of lr,beta"]),
     ("learn-beta-without-popart", ["--learn", "beta", "--no-popart"], _fresh,
      ["--learn", "'beta'", "--popart is off", "expected --popart on"]),
@@ -210,7 +210,8 @@ CLI = [
     ("tensorboard-missing", ["--tensorboard"], _with(missing("torch.utils.tensorboard")),
      ["--tensorboard", "'tensorboard' package", "pip install tensorboard"]),
     ("bad-dtype", ["--dtype", "float16"], _fresh, ["--dtype", "'float16'", "choose from"]),
-    ("truncate-above-steps", ["--truncate", "3"], _fresh, ["--truncate", "3", "[0, --inner-steps=1]"]),
+    ("truncate-above-steps", ["--inner-steps", "1", "--truncate", "3"], _fresh,
+     ["--truncate", "3", "--inner-steps=1", "[0, 1]"]),
     ("momentum-one", ["--inner-momentum", "1"], _fresh, ["--inner-momentum", "1.0", "[0, 1)"]),
     ("scale-range-reversed", ["--scaled", "--scale-lo", "3", "--scale-hi", "1"], _fresh,
      ["--scale-lo", "--scale-hi", "3.0", "1.0", "<="]),
@@ -329,17 +330,17 @@ def test_nan_before_the_first_checkpoint_says_so(tmp_path, monkeypatch):
 
 def test_nan_meta_gradient_names_iteration_parameters_and_task(monkeypatch):
     learner = MetaLearner(small(engine="higher", tasks=4, popart=True, learn=("beta", "lr")))
-    real = maml.a2c_loss
+    real = maml.a2c_terms
     calls = {"n": 0}
 
-    def poisoned(model, params, batch, state, cfg):
-        loss = real(model, params, batch, state, cfg)
+    def poisoned(model, params, batch, state, cfg, **kw):
+        policy, value = real(model, params, batch, state, cfg, **kw)
         calls["n"] += 1
         if learner.iteration == 2 and (calls["n"] - 1) % 4 == 2:  # outer loss of task 2 in iteration 3
-            loss = loss + torch.sqrt(0.0 * params["value.bias"].sum())  # value 0, gradient NaN
-        return loss
+            value = value + torch.sqrt(0.0 * params["value.bias"].sum())  # value 0, gradient NaN
+        return policy, value
 
-    monkeypatch.setattr(maml, "a2c_loss", poisoned)
+    monkeypatch.setattr(maml, "a2c_terms", poisoned)
     learner.step()
     learner.step()
     before = [p.detach().clone() for p in learner.parameters()]

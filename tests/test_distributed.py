@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from metaopt import distributed
-from metaopt import maml as maml_mod
 from metaopt.cli import main
 from metaopt.distributed import Communicator, shard_slice, spawn
-from metaopt.experiments.maml_rl import load_checkpoint, train
+from metaopt.experiments.maml_rl import _distributed_step, load_checkpoint, train
 from metaopt.maml import MAMLConfig, MetaLearner
+from metaopt.maml import learner as maml_mod
 from metaopt.verify import relative_error
 
 # 5 tasks on 2 ranks: uneven shards 0:3 and 3:5.
@@ -35,7 +35,7 @@ def test_shards_cover_every_task_once():
 
 @pytest.mark.parametrize("args,match", [
     ((4, 5, 0), r"world_size must be <= num_tasks=4 .* got 5"),
-    ((4, 2, 2), r"rank must be an int in \[0, world_size=2\), got 2"),
+    ((4, 2, 2), r"rank \(world_size=2\) must be an int in \[0, 1\], got 2"),
     ((0, 1, 0), r"num_tasks must be an int >= 1, got 0"),
 ])
 def test_shard_slice_rejects_bad_arguments(args, match):
@@ -48,12 +48,23 @@ def test_backend_is_gloo_on_cpu():
     assert distributed.select_backend(None) == "gloo"
 
 
-def test_module_entry_point_needs_torchrun(monkeypatch, capsys):
+def test_init_needs_torchrun(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
-    assert distributed.main(["--preset", "smoke"]) == 2
-    err = capsys.readouterr().err
-    assert "must be started by torchrun" in err and "--nproc" in err
+    assert not distributed.started_by_torchrun()
+    with pytest.raises(RuntimeError, match=r"must be started by torchrun .* --nproc"):
+        distributed.init_from_env()
+
+
+def test_distributed_is_a_leaf():
+    # Infrastructure imports nothing of the job it serves (no cycle with metaopt.maml / metaopt.experiments).
+    import subprocess
+    import sys
+
+    code = ("import sys, metaopt.distributed; "
+            "print(sorted(m for m in sys.modules if m.startswith(('metaopt.maml', 'metaopt.experiments'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------ one spawn, many checks
@@ -104,7 +115,7 @@ def _scenario_worker(comm: Communicator, out_dir: str) -> dict:
         res[f"grads_{engine}"] = _grads(learner, engine, comm.task_slice(5), comm)
     # 2. three full steps (sharded losses, all-reduced gradients, all-gathered metrics)
     learner = MetaLearner(MAMLConfig(**CFG))
-    res["rows"] = [learner.step(**comm.step_kwargs(5)) for _ in range(3)]
+    res["rows"] = [_distributed_step(learner, comm) for _ in range(3)]
     res["params"] = [p.detach().clone() for p in learner.parameters()]
     # 3. train 2 iterations, then resume to 4 (rank 0 reads the checkpoint and broadcasts it)
     kw = dict(checkpoint_every=1, progress=False, plot=False, log=_quiet, comm=comm)

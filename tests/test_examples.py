@@ -30,15 +30,12 @@ def load_example(stem: str) -> ModuleType:
 
 
 def reference_meta_gradient(args, engine: str) -> dict[str, torch.Tensor]:
-    """First meta-gradient of ``MetaLearner`` with the example's settings on ``engine``."""
+    """First routed meta-gradient of ``MetaLearner`` with the example's settings on ``engine``, by example name."""
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
     learner = MetaLearner(MAMLConfig(engine=engine, popart=True, learn=("beta", "lr"), **fields))
-    loss, _ = learner.meta_loss(learner.sample_iteration())
-    named = dict(learner.model.named_parameters()) | {
-        "log_lr": learner.meta.log_lr,
-        "logit_beta": learner.meta.logit_beta,
-    }
-    return dict(zip(named, torch.autograd.grad(loss, list(named.values())), strict=True))
+    grads = learner.meta_gradient(learner.sample_iteration()).grads
+    names = [name.partition(".")[2] for name, _ in learner.named_parameters()]  # model.<param>, meta.<name>
+    return dict(zip(names, grads, strict=True))
 
 
 @pytest.mark.parametrize("stem", sorted(MAML_EXAMPLES))
@@ -46,9 +43,9 @@ def reference_meta_gradient(args, engine: str) -> dict[str, torch.Tensor]:
     "flags",
     [
         ["--seed", "0"],
-        ["--seed", "3", "--inner-steps", "2", "--inner-lr", "0.05", "--beta", "0.3", "--hidden", "16"],
+        ["--seed", "3", "--inner-steps", "3", "--inner-lr", "0.05", "--beta", "0.3", "--hidden", "16"],
     ],
-    ids=["default", "two-steps"],
+    ids=["default", "three-steps"],
 )
 def test_first_meta_gradient_matches_metalearner(stem: str, flags: list[str]) -> None:
     module = load_example(stem)
@@ -62,6 +59,16 @@ def test_first_meta_gradient_matches_metalearner(stem: str, flags: list[str]) ->
         assert torch.isfinite(r).all() and r.abs().sum() > 0, f"reference gradient of {name} is zero or non-finite"
         errors[name] = float((got[name] - r).norm() / r.norm())
     assert max(errors.values()) <= RTOL, errors
+
+
+@pytest.mark.parametrize("stem", sorted(MAML_EXAMPLES))
+def test_example_defaults_match_maml_config(stem: str) -> None:
+    """The examples' defaults are ``metaopt maml-rl --popart --learn beta,lr``'s (inner_steps resolved: 2)."""
+    ref = MAMLConfig(popart=True, learn=("beta", "lr")).validate()
+    args = load_example(stem).Args()
+    assert args.inner_steps == ref.inner_steps == 2
+    for f in dataclasses.fields(args):
+        assert getattr(args, f.name) == getattr(ref, f.name), f.name
 
 
 def run_example(path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -23,17 +23,22 @@ def tiny(**kw):
 def first_meta_gradient(cfg):
     learner = MetaLearner(cfg)
     loss, _ = learner.meta_loss(learner.sample_iteration())
-    names = [n for n, _ in learner._named()]
+    names = [n for n, _ in learner.named_parameters()]
     return dict(zip(names, torch.autograd.grad(loss, learner.parameters()), strict=True))
 
 
-@pytest.mark.parametrize("steps,popart", [(1, True), (2, True), (1, False)])
-def test_job_meta_gradient_same_on_every_engine(steps, popart):
+@pytest.mark.parametrize("steps,popart,kw", [
+    (1, True, {"debias": False, "first_pop": True}),  # with debias, K = 1 leaves beta no role (beta_1 = 1)
+    (2, True, {}),
+    (3, True, {"inner_optimizer": "adam", "outer_value": "normalized"}),
+    (1, False, {}),
+])
+def test_job_meta_gradient_same_on_every_engine(steps, popart, kw):
     learn = ("beta", "lr") if popart else ("lr",)
-    ref = first_meta_gradient(tiny(engine="func", inner_steps=steps, popart=popart, learn=learn))
+    ref = first_meta_gradient(tiny(engine="func", inner_steps=steps, popart=popart, learn=learn, **kw))
     assert all(float(g.abs().sum()) > 0 for g in ref.values())
     for engine in ("higher", "torchopt"):
-        got = first_meta_gradient(tiny(engine=engine, inner_steps=steps, popart=popart, learn=learn))
+        got = first_meta_gradient(tiny(engine=engine, inner_steps=steps, popart=popart, learn=learn, **kw))
         for name in ref:
             assert relative_error(got[name], ref[name]) <= 1e-8, (engine, name)
 
@@ -43,7 +48,7 @@ def test_job_meta_parameter_gradients_match_finite_differences():
     # function its autograd gradient differentiates. With gamma ~ 0 (returns = rewards) and no policy term the
     # loss is a true function of the parameters, and the whole job's meta-gradient (rollouts, ART, POP, inner
     # step, outer loss through the adapted weights) must match central finite differences.
-    cfg = tiny(inner_steps=2, scaled=True, gamma=1e-12)
+    cfg = tiny(inner_steps=2, scaled=True, gamma=1e-12, outer_value="normalized")
     learner = MetaLearner(cfg)
     learner.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, True, policy_coef=0.0)
     learner.inner = make_inner_loop(learner.model, popart=True, steps=2, cfg=learner.loss_cfg)
@@ -54,8 +59,49 @@ def test_job_meta_parameter_gradients_match_finite_differences():
     assert report.passed, report.table()
 
 
+def _with_zero_lr(learner):
+    # lr = exp(-inf) = 0 exactly: the inner step changes nothing but POP (which preserves the value outputs).
+    learner.meta.log_lr.data.fill_(float("-inf")) if "lr" in learner.cfg.learn else learner.meta.log_lr.fill_(
+        float("-inf"))
+    return learner
+
+
+@pytest.mark.parametrize("objective", ["policy", "total"])
+def test_beta_gets_no_meta_gradient_without_an_inner_step(objective):
+    # The artifact of the normalized outer value loss ((G - mu')/sigma' - n')^2: raising sigma' through beta lowers
+    # it even when the inner loop does nothing. With lr = 0 the adapted policy and values do not depend on beta, so
+    # any meta-gradient of beta is that artifact. The default objective (beta follows the policy term) gives exactly
+    # 0; following the total with the stop-gradient-scale value loss gives 0 up to rounding.
+    def grad_beta(**kw):
+        learner = _with_zero_lr(MetaLearner(tiny(learn=("beta",), scaled=True, inner_steps=2, **kw)))
+        mg = learner.meta_gradient(learner.sample_iteration())
+        return float(dict(zip([n for n, _ in learner.named_parameters()], mg.grads, strict=True))["meta.logit_beta"])
+
+    gamed = grad_beta(beta_objective="total", outer_value="normalized")
+    assert abs(gamed) > 1e-3  # the old objective: a real push on beta (the test can fail)
+    got = grad_beta(beta_objective=objective)
+    if objective == "policy":
+        assert got == 0.0
+    else:
+        assert abs(got) <= 1e-12 * abs(gamed)
+
+
+def test_lr_follows_the_policy_term_theta_follows_both():
+    learner = MetaLearner(tiny(learn=("beta", "lr"), scaled=True))
+    data = learner.sample_iteration()
+    mg = dict(zip([n for n, _ in learner.named_parameters()], learner.meta_gradient(data).grads, strict=True))
+    policy, value, _ = learner.outer_terms(data)
+    g_policy = torch.autograd.grad(policy.sum(), [learner.meta.log_lr, learner.meta.logit_beta], retain_graph=True)
+    g_total = torch.autograd.grad(policy.sum() + learner.cfg.value_coef * value.sum(),
+                                  [learner.model.body[0].weight, learner.meta.log_lr])
+    assert relative_error(mg["meta.log_lr"], g_policy[0]) <= 1e-12
+    assert relative_error(mg["meta.logit_beta"], g_policy[1]) <= 1e-12
+    assert relative_error(mg["model.body.0.weight"], g_total[0]) <= 1e-12
+    assert relative_error(g_total[1], g_policy[0]) > 1e-3  # the value term would have moved lr
+
+
 def test_learned_values_move_fixed_values_stay():
-    learner = MetaLearner(tiny(learn=("beta",), iterations=3))
+    learner = MetaLearner(tiny(learn=("beta",), iterations=3, inner_steps=2))
     for _ in range(3):
         row = learner.step()
     assert row["beta"] != pytest.approx(0.1, abs=1e-6)

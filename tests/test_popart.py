@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -299,27 +300,38 @@ def test_art_debias_matches_textbook_debiased_step():
 
 
 def test_art_sigma_clipping_bounds_and_zero_gradient():
-    # lower bound: sigma'^2 = (1 - beta) sigma^2 = 0.5e-8 < sigma_min^2
+    lo, hi = popart.DEFAULT_SIGMA_MIN, popart.DEFAULT_SIGMA_MAX
+    # lower bound: sigma'^2 = (1 - beta) sigma^2 = 0.5 lo^2 < lo^2
     beta = torch.tensor(0.5, dtype=F64, requires_grad=True)
-    s = PopArtState(torch.zeros(1, dtype=F64), torch.full((1,), 1e-4, dtype=F64), torch.zeros(1, dtype=F64))
-    new = popart.art(s, torch.zeros(1, dtype=F64), beta)
-    assert new.sigma.item() == popart.DEFAULT_SIGMA_MIN
+    s = PopArtState(torch.zeros(1, dtype=F64), torch.full((1,), lo, dtype=F64), torch.zeros(1, dtype=F64))
+    with pytest.warns(popart.SigmaClipWarning, match="sigma_min=1e-06"):
+        new = popart.art(s, torch.zeros(1, dtype=F64), beta)
+    assert new.sigma.item() == lo
     (g,) = torch.autograd.grad(new.sigma.sum(), beta)
     assert g.item() == 0.0
     # just above the bound: not clipped, value from the textbook formula
-    new_ok = popart.art(s, torch.zeros(1, dtype=F64), 0.5, sigma_min=1e-5)
-    assert new_ok.sigma.item() == pytest.approx(math.sqrt(0.5) * 1e-4, rel=1e-12)
-    # upper bound
-    new_hi = popart.art(popart.init(1, dtype=F64), torch.tensor([1e9], dtype=F64), 0.5)
-    assert new_hi.sigma.item() == popart.DEFAULT_SIGMA_MAX
-    new_hi2 = popart.art(popart.init(1, dtype=F64), torch.tensor([1e9], dtype=F64), 0.5, sigma_max=1e12)
-    assert new_hi2.sigma.item() == pytest.approx(math.sqrt(0.5 * (1 + 0.5 * 1e18)), rel=1e-12)
+    new_ok = popart.art(s, torch.zeros(1, dtype=F64), 0.5, sigma_min=lo / 10)
+    assert new_ok.sigma.item() == pytest.approx(math.sqrt(0.5) * lo, rel=1e-12)
+    # upper bound: sigma'^2 = 0.5 (1 + 0.5 Y^2) with Y = 1e11 gives sigma' = 5e10 > hi
+    with pytest.warns(popart.SigmaClipWarning, match="sigma_max=1e\\+10"):
+        new_hi = popart.art(popart.init(1, dtype=F64), torch.tensor([1e11], dtype=F64), 0.5)
+    assert new_hi.sigma.item() == hi
+    new_hi2 = popart.art(popart.init(1, dtype=F64), torch.tensor([1e11], dtype=F64), 0.5, sigma_max=1e12)
+    assert new_hi2.sigma.item() == pytest.approx(math.sqrt(0.5 * (1 + 0.5 * 1e22)), rel=1e-12)
     # custom bounds on a long run of constant targets: sigma never leaves [sigma_min, sigma_max]
     st = popart.init(1, dtype=F64)
-    for _ in range(100):
-        st = popart.art(st, torch.tensor(5.0, dtype=F64), 0.3, sigma_min=1e-3, sigma_max=2.0)
-        assert 1e-3 <= st.sigma.item() <= 2.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(100):
+            st = popart.art(st, torch.tensor(5.0, dtype=F64), 0.3, sigma_min=1e-3, sigma_max=2.0)
+            assert 1e-3 <= st.sigma.item() <= 2.0
     assert st.sigma.item() == 1e-3
+    # sigma first overshoots (clipped to 2), then decays onto 1e-3: both bounds warned about
+    messages = {str(w.message).split(":")[0] for w in caught if issubclass(w.category, popart.SigmaClipWarning)}
+    assert messages == {
+        "metaopt.popart.art clipped sigma to sigma_max=2",
+        "metaopt.popart.art clipped sigma to sigma_min=0.001",
+    }
 
 
 def test_art_stop_gradient_and_analytic_gradients():

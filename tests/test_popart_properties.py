@@ -8,7 +8,9 @@ of the dtype's machine epsilon times the magnitudes involved.
 from __future__ import annotations
 
 import math
+import warnings
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,6 +43,7 @@ def f64(*ts: torch.Tensor) -> list[torch.Tensor]:
     return [t.detach().to(F64) for t in ts]
 
 
+@pytest.mark.filterwarnings("ignore::metaopt.popart.SigmaClipWarning")  # zero-spread targets may hit sigma_min
 @SETTINGS
 @given(
     dtype=dtypes,
@@ -91,16 +94,24 @@ def test_art_pop_preserves_outputs(dtype, scale, seed, beta, k, n, use_task_ids,
 def test_sigma_positive_and_within_bounds(dtype, scale, seed, beta, log_min, log_ratio, steps, target_spread):
     gen = torch.Generator().manual_seed(seed)
     sigma_min = scale * 10.0**log_min
-    sigma_max = sigma_min * 10.0**log_ratio
+    # sigma_max**2 must not overflow float32 (art rejects sigma_max > 1.8e19 there)
+    sigma_max = min(sigma_min * 10.0**log_ratio, 1e18)
     state = make_state(2, scale, dtype, gen)
     lo = torch.tensor(sigma_min, dtype=dtype)  # the bounds as representable in `dtype`
     hi = torch.tensor(sigma_max, dtype=dtype)
     for _ in range(steps):
         y = scale * target_spread * (2 * torch.rand(3, 2, dtype=F64, generator=gen) - 1)
-        state = popart.art(state, y.to(dtype), beta, sigma_min=sigma_min, sigma_max=sigma_max)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = popart.art(state, y.to(dtype), beta, sigma_min=sigma_min, sigma_max=sigma_max)
         assert bool(torch.isfinite(state.sigma).all())
         assert bool((state.sigma > 0).all())
         assert bool((state.sigma >= lo).all()) and bool((state.sigma <= hi).all()), (state.sigma, lo, hi)
+        # the warning fires exactly when some sigma sits on a bound (both outputs are touched here)
+        clipped = popart.sigma_at_bound(state, sigma_min=sigma_min, sigma_max=sigma_max)
+        n_warn = sum(issubclass(w.category, popart.SigmaClipWarning) for w in caught)
+        expected = int(bool((clipped & (state.sigma <= lo)).any())) + int(bool((clipped & (state.sigma >= hi)).any()))
+        assert n_warn == expected, (n_warn, state.sigma, lo, hi)
 
 
 @SETTINGS

@@ -72,7 +72,7 @@ def test_manual_gradients_match_autograd():
         torch.testing.assert_close(s, p.detach() - lr * g, rtol=1e-12, atol=1e-14)
 
 
-def _reference_run(spec, seed, steps):
+def _reference_run(spec, seed, steps, record="before", head_init="default"):
     """One seed, plain modules and autograd: the algorithm written the obvious way."""
     gen = torch.Generator().manual_seed(seed)
     init = pr.init_params(gen, dtype=torch.float64)
@@ -87,6 +87,9 @@ def _reference_run(spec, seed, steps):
         for layer, w, b in zip(linears, init[::2], init[1::2], strict=True):
             layer.weight.copy_(w)
             layer.bias.copy_(b)
+        if head_init == "ones":
+            nn.init.ones_(head.weight)
+            nn.init.zeros_(head.bias)
     params = list(body.parameters()) + list(head.parameters())
     state = popart.init(1, dtype=torch.float64)
     errors = []
@@ -94,15 +97,20 @@ def _reference_run(spec, seed, steps):
         y = targets[t : t + 1].double()
         x = pr.binary_code(targets[t : t + 1], dtype=torch.float64)
         with torch.no_grad():
-            pred = head(body(x)).squeeze(-1)
-            errors.append(float(((popart.unnormalize(state, pred) if spec.beta else pred) - y) ** 2))
-            if spec.beta:
+            if not spec.beta:
+                errors.append(float((head(body(x)).squeeze(-1) - y) ** 2))
+            else:
+                if record == "before":
+                    errors.append(float((popart.unnormalize(state, head(body(x)).squeeze(-1)) - y) ** 2))
                 new = popart.art(state, y, spec.beta)
                 if spec.pop:
                     w, b = popart.pop(head.weight, head.bias, state, new)
                     head.weight.copy_(w)
                     head.bias.copy_(b)
-                state, y = new, popart.normalize(new, y)
+                state, y_norm = new, popart.normalize(new, y)
+                if record == "after":
+                    errors.append(float((popart.unnormalize(state, head(body(x)).squeeze(-1)) - y) ** 2))
+                y = y_norm
         loss = 0.5 * ((head(body(x)).squeeze(-1) - y) ** 2).sum()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
@@ -111,12 +119,68 @@ def _reference_run(spec, seed, steps):
     return torch.tensor(errors, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("protocol", ["paper", "reproduction"])
 @pytest.mark.parametrize("method", ["sgd", "art", "popart"])
-def test_simulation_matches_plain_single_seed_loop(method):
+def test_simulation_matches_plain_single_seed_loop(method, protocol):
     steps = 1003  # crosses the first outlier (sample 1000)
-    res = pr.run_experiment(1, steps, [method], dtype="float64", seed=5)
-    expected = _reference_run(pr.DEFAULT_METHODS[method], 5, steps)
+    res = pr.run_experiment(1, steps, [method], protocol=protocol, dtype="float64", seed=5)
+    proto = pr.PROTOCOLS[protocol]
+    spec = res.specs[method]
+    assert spec.lr == (proto.art_lr if method == "art" else pr.DEFAULT_METHODS[method].lr)
+    expected = _reference_run(spec, 5, steps, record=proto.record, head_init=proto.head_init)
     torch.testing.assert_close(res.squared_errors[method][0], expected, rtol=1e-8, atol=1e-8)
+
+
+def test_reproduction_records_error_after_art_on_the_current_sample():
+    # First sample of seed 3, ART (no POP), head weight 1 / bias 0: by hand, in float64.
+    beta = pr.DEFAULT_METHODS["art"].beta
+    gen = torch.Generator().manual_seed(3)
+    params = pr.init_params(gen, dtype=torch.float64, head_init="ones")
+    y0 = float(pr.make_targets(1, gen)[0])
+    h = pr.binary_code(torch.tensor([int(y0)]), dtype=torch.float64)[0]
+    for w, b in zip(params[0:-2:2], params[1:-2:2], strict=True):
+        h = torch.tanh(w @ h + b)
+    n0 = float(h.sum())  # head: weight 1, bias 0
+    mu1 = beta * y0  # mu' = (1 - beta) 0 + beta Y
+    sigma1 = math.sqrt((1 - beta) * (1 + beta * y0**2))  # sigma'^2 = (1 - beta)(1 + beta Y^2)
+    after, before = (sigma1 * n0 + mu1 - y0) ** 2, (n0 - y0) ** 2  # statistics after / before ART on Y_0
+    assert abs(after - before) > 1.0  # the two orders really differ here
+
+    for protocol, expected in (("reproduction", after), ("paper", before)):
+        res = pr.run_experiment(1, 1, "art", protocol=protocol, head_init="ones", dtype="float64", seed=3)
+        assert res.squared_errors["art"][0, 0].item() == pytest.approx(expected, rel=1e-12)
+    # with POP the output is preserved, so both orders record the same error (up to rounding)
+    rec = {r: pr.run_experiment(1, 50, "popart", record=r, dtype="float64", seed=3) for r in pr.RECORD_CHOICES}
+    torch.testing.assert_close(rec["after"].squared_errors["popart"], rec["before"].squared_errors["popart"],
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_head_init_ones_keeps_body_and_data():
+    a_gen, b_gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    default = pr.init_params(a_gen, dtype=torch.float64)
+    ones = pr.init_params(b_gen, dtype=torch.float64, head_init="ones")
+    for d, o in zip(default[:-2], ones[:-2], strict=True):
+        assert torch.equal(d, o)
+    assert ones[-2].tolist() == [[1.0] * 10] and ones[-1].tolist() == [0.0]
+    assert not torch.equal(default[-2], ones[-2])
+    assert torch.equal(pr.make_targets(20, a_gen), pr.make_targets(20, b_gen))  # same draws afterwards
+    with pytest.raises(ValueError, match=r"head_init must be one of \('default', 'ones'\), got 'zeros'"):
+        pr.init_params(a_gen, head_init="zeros")
+
+
+@pytest.mark.parametrize("protocol", ["paper", "reproduction"])
+def test_protocols_tiny_budget(protocol, tmp_path):
+    res = pr.run_experiment(2, 300, protocol=protocol, seed=1)
+    assert res.protocol_name == protocol and res.protocol == pr.PROTOCOLS[protocol]
+    assert res.specs["art"].lr == pr.PROTOCOLS[protocol].art_lr
+    for m in res.methods:
+        assert bool(torch.isfinite(res.squared_errors[m]).all())
+    summary = json.loads(pr.write_outputs(res, tmp_path, plot=False)["json"].read_text())
+    assert summary["protocol"] == {"name": protocol, **pr.PROTOCOLS[protocol]._asdict()}
+    assert f"protocol {protocol}" in pr.format_table(res)
+    # a single override makes the protocol "custom"
+    custom = pr.run_experiment(1, 3, "sgd", protocol=protocol, record="after" if protocol == "paper" else "before")
+    assert custom.protocol_name == "custom"
 
 
 def test_vectorized_seeds_equal_single_seed_runs():
@@ -177,7 +241,21 @@ def test_cli_runs_and_writes_files(tmp_path, capsys):
     assert (out / "curves.csv").exists() and (out / "summary.json").exists()
     assert not (out / "fig1a.png").exists()
     printed = capsys.readouterr().out
-    assert "popart" in printed and "median" in printed
+    assert "popart" in printed and "median" in printed and "protocol paper" in printed
+
+
+@pytest.mark.usefixtures("only_this_subcommand")
+def test_cli_protocol_and_overrides(tmp_path, capsys):
+    out = tmp_path / "repro"
+    argv = ["popart-regression", "--seeds", "2", "--steps", "100", "--out", str(out), "--no-plot"]
+    assert cli.main([*argv, "--protocol", "reproduction"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == {"name": "reproduction", "record": "after", "head_init": "ones", "art_lr": 10**-3.5}
+    assert summary["methods"]["art"]["lr"] == 10**-3.5
+    assert cli.main([*argv, "--protocol", "reproduction", "--head-init", "default", "--art-lr", "0.001"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == {"name": "custom", "record": "after", "head_init": "default", "art_lr": 0.001}
+    assert "protocol custom: record after ART, head init default" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -189,6 +267,9 @@ def test_cli_runs_and_writes_files(tmp_path, capsys):
         ("--methods", "sgd,adam", "adam"),
         ("--art-lr", "-1", "positive"),
         ("--dtype", "float16", "float16"),
+        ("--protocol", "rlax", "rlax"),
+        ("--record", "later", "later"),
+        ("--head-init", "zeros", "zeros"),
     ],
 )
 @pytest.mark.usefixtures("only_this_subcommand")
@@ -213,6 +294,9 @@ def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, flag, value, me
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"art_lr": 0.0}, "art_lr must be positive"),
         ({"window": 0}, "window must be an integer >= 1"),
+        ({"protocol": "paperr"}, r"protocol must be one of \('paper', 'reproduction'\), got 'paperr'"),
+        ({"record": "later"}, r"record must be one of \('before', 'after'\), got 'later'"),
+        ({"head_init": "zeros"}, r"head_init must be one of \('default', 'ones'\), got 'zeros'"),
     ],
 )
 def test_run_experiment_validates_eagerly(kwargs, message):
@@ -226,8 +310,11 @@ def test_art_lr_override_applies_to_art_only():
     assert res.specs["popart"].lr == pr.DEFAULT_METHODS["popart"].lr
 
 
-def test_example_runs_with_tiny_budget(capsys):
+@pytest.mark.parametrize("protocol", ["paper", "reproduction"])
+def test_example_runs_with_tiny_budget(capsys, protocol):
     ns = runpy.run_path(str(EXAMPLE), run_name="example")
-    ns["main"](["--seeds", "2", "--steps", "60", "--methods", "sgd,popart"])
+    ns["main"](["--seeds", "2", "--steps", "60", "--methods", "sgd,art", "--protocol", protocol])
     printed = capsys.readouterr().out
-    assert "final RMSE at sample 59" in printed and "popart" in printed
+    assert "final RMSE at sample 59" in printed and "art" in printed and f"protocol {protocol}" in printed
+    lr = {"paper": "0.00316", "reproduction": "0.000316"}[protocol]
+    assert any(line.startswith("art") and lr in line for line in printed.splitlines())

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metaopt.artifacts import remove_stale_temporaries
 from metaopt.experiments import maml_rl
 from metaopt.experiments.maml_rl import CHECKPOINT, atomic_write, load_checkpoint, save_checkpoint, train
 from metaopt.maml import MAMLConfig, MetaLearner
@@ -168,7 +169,7 @@ def test_checkpoint_always_loads_after_sigkill(tmp_path):
     assert max(seen) > 1
     # a kill mid-write may leave a temporary: the next run removes it
     (tmp_path / f".{CHECKPOINT}.abcd_123").write_bytes(b"partial")
-    maml_rl._remove_stale_temporaries(tmp_path)
+    remove_stale_temporaries(tmp_path, maml_rl.ARTIFACTS)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
 
 

@@ -123,10 +123,9 @@ def draw_noise(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    kw = {"dtype": dtype, "device": device, "generator": generator}
-    action_u = torch.rand(shape, **kw)
-    transition_u = torch.rand(shape, **kw)
-    reward_z = torch.randn(shape, **kw)
+    action_u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    transition_u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    reward_z = torch.randn(shape, dtype=dtype, device=device, generator=generator)
     return RolloutNoise(action_u, transition_u, reward_z)
 
 
@@ -141,6 +140,7 @@ class Trajectories(NamedTuple):
         states: ``[T, N, B]`` ``long`` states :math:`s_t`.
         last_observations: ``[N, B, S]`` one-hot observation :math:`o_T` after the final step.
         scales: ``[N]`` reward multipliers :math:`c`.
+        last_states: ``[N, B]`` ``long`` state :math:`s_T` after the final step.
     """
 
     observations: torch.Tensor
@@ -150,6 +150,7 @@ class Trajectories(NamedTuple):
     states: torch.Tensor
     last_observations: torch.Tensor
     scales: torch.Tensor
+    last_states: torch.Tensor
 
     @property
     def num_tasks(self) -> int:
@@ -167,6 +168,7 @@ class Trajectories(NamedTuple):
             states=self.states[:, ix],
             last_observations=self.last_observations[ix],
             scales=self.scales[ix],
+            last_states=self.last_states[ix],
         )
 
 
@@ -179,10 +181,13 @@ class BatchedTabularMDP:
         dtype: Floating dtype of observations, rewards and the CDFs (``float32`` default).
 
     Example:
-        >>> tasks = sample_tasks(4, seed=0)
-        >>> sim = BatchedTabularMDP(tasks)
+        >>> import torch
+        >>> from metaopt.envs import BatchedTabularMDP, sample_tasks
+        >>> sim = BatchedTabularMDP(sample_tasks(4, seed=0))
         >>> noise = sim.draw_noise(8, generator=torch.Generator().manual_seed(1))
         >>> traj = sim.rollout(lambda obs: torch.zeros(*obs.shape[:2], 5), noise)
+        >>> tuple(traj.rewards.shape)  # [T, tasks, trajectories]
+        (10, 4, 8)
     """
 
     def __init__(self, tasks: TaskBatch, horizon: int = DEFAULT_HORIZON, *, dtype: torch.dtype = torch.float32):
@@ -248,7 +253,8 @@ class BatchedTabularMDP:
         reward = self.tasks.scales[:, None] * (self.tasks.reward_means[task_idx, state, action] + z)
         return next_state, reward
 
-    def _run(self, noise: RolloutNoise, choose: Callable[[int, torch.Tensor], torch.Tensor]) -> Trajectories:
+    def _run(self, noise: RolloutNoise,
+             choose: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> Trajectories:
         n, b = self._check_noise(noise)
         t_max = self.horizon
         # Time-major, contiguous views of the noise: [T, N, B].
@@ -263,7 +269,7 @@ class BatchedTabularMDP:
             obs = self._eye[state]
             observations[t] = obs
             states[t] = state
-            action = choose(t, obs)
+            action = choose(t, obs, state)
             actions[t] = action
             state, rewards[t] = self._step_env(state, action, transition_u[t], reward_z[t], task_idx)
         dones = torch.zeros((t_max, n, b), dtype=self.dtype, device=self.device)
@@ -276,6 +282,7 @@ class BatchedTabularMDP:
             states=states,
             last_observations=self._eye[state],
             scales=self.tasks.scales.clone(),
+            last_states=state,
         )
 
     @torch.no_grad()
@@ -299,7 +306,7 @@ class BatchedTabularMDP:
         self._check_noise(noise)
         action_u = noise.action_u.permute(2, 0, 1)
 
-        def choose(t: int, obs: torch.Tensor) -> torch.Tensor:
+        def choose(t: int, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
             logits = policy_fn(obs)
             expected = (*obs.shape[:2], self.num_actions)
             if not isinstance(logits, torch.Tensor):
@@ -312,6 +319,40 @@ class BatchedTabularMDP:
             cdf = probs.cumsum(dim=-1).contiguous()
             action = torch.searchsorted(cdf, action_u[t].unsqueeze(-1).contiguous()).squeeze(-1)
             return action.clamp_(max=self.num_actions - 1)
+
+        return self._run(noise, choose)
+
+    @torch.no_grad()
+    def rollout_table(self, logits: torch.Tensor, noise: RolloutNoise) -> Trajectories:
+        """Roll out tabular policies given by their logits in every state (under ``torch.no_grad``).
+
+        Observations are one-hot states, so a policy network's logits for every possible observation form a table
+        ``[N, S, A]`` (one forward pass over the ``S`` states instead of one per visited state). Sampling follows
+        the same rule and noise as :meth:`rollout`, so for a network ``f``,
+        ``rollout_table(f(eye(S)), noise)`` equals ``rollout(f, noise)`` whenever ``f`` gives the same logits for a
+        state in either batch (exact up to the last bit of the network's arithmetic).
+
+        Args:
+            logits: ``[N, S, A]`` per-task logits, or ``[S, A]`` shared by all tasks.
+            noise: :class:`RolloutNoise` of shape ``[N, B, T]`` matching this simulator.
+
+        Returns:
+            Time-major :class:`Trajectories`.
+        """
+        self._check_noise(noise)
+        n, s, a = self.num_tasks, self.num_states, self.num_actions
+        if not isinstance(logits, torch.Tensor) or logits.shape[-2:] != (s, a) or logits.dim() not in (2, 3) or (
+                logits.dim() == 3 and logits.shape[0] != n):
+            raise ValueError(f"logits must have shape [N, S, A] = {[n, s, a]} or [S, A] = {[s, a]}, got "
+                             f"{list(getattr(logits, 'shape', [type(logits).__name__]))}")
+        cdf = torch.softmax(logits.to(self.dtype), dim=-1).cumsum(dim=-1).expand(n, s, a).contiguous()
+        action_u = noise.action_u.permute(2, 0, 1)
+        task_idx = torch.arange(n, device=self.device)[:, None]
+
+        def choose(t: int, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+            c = cdf[task_idx, state]  # [N, B, A]
+            action = torch.searchsorted(c, action_u[t].unsqueeze(-1).contiguous()).squeeze(-1)
+            return action.clamp_(max=a - 1)
 
         return self._run(noise, choose)
 
@@ -338,4 +379,4 @@ class BatchedTabularMDP:
                 f"actions must lie in [0, {self.num_actions}), got range [{actions.min()}, {actions.max()}]"
             )
         acts = actions.permute(2, 0, 1).to(device=self.device, dtype=torch.long)
-        return self._run(noise, lambda t, obs: acts[t])
+        return self._run(noise, lambda t, obs, state: acts[t])

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gymnasium
 import numpy as np
@@ -210,7 +210,7 @@ class TaskBatch(NamedTuple):
         """Return task ``i`` as a :class:`TabularMDPTask` (views, no copy)."""
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
             raise TypeError(f"i must be an int task index, got {i!r}")
-        j = _normalize_index(i, self.num_tasks, "i").start
+        j = cast(slice, _normalize_index(i, self.num_tasks, "i")).start  # an int normalizes to a slice
         return TabularMDPTask(self.transitions[j], self.reward_means[j], float(self.scales[j]))
 
     def select(self, idx: Index) -> TaskBatch:

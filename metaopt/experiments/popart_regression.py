@@ -3,8 +3,8 @@ r"""PopArt paper Fig. 1a: binary regression with SGD, ART and PopArt, vectorized
 The experiment (van Hasselt et al., 2016, §3): targets are uniform integers in ``0..1023``; the input is
 the target's 16-bit binary code (most significant bit first, zero-padded, floats 0/1). Every
 ``OUTLIER_PERIOD = 1000`` samples one target is the outlier ``65535`` (all 16 bits set). Samples are fed
-one at a time; before training on sample ``t`` its squared error on the current model is recorded (the
-"test error").
+one at a time; before the SGD step on sample ``t`` its squared error on the current model is recorded (the
+"test error"; whether ART has already seen ``Y_t`` then is a protocol choice, see below).
 
 **Outlier positions.** Sample indices ``1000, 2000, 3000, 4000`` (0-based ``t > 0`` with
 ``t % 1000 == 0``): each run starts with 1000 ordinary samples, and with 5000 samples the last window is
@@ -14,11 +14,11 @@ would be the outlier spike ≈ 6.7k rather than the ≈ 17 (PopArt) / 255 (SGD) 
 **Network.** ``16 → 4 × [Linear(·, 10), tanh] → Linear(10, 1)``, every layer initialized like PyTorch's
 ``nn.Linear`` (``kaiming_uniform_(a=√5)`` weights, ``U(±1/√fan_in)`` biases), drawn per seed from
 ``torch.Generator().manual_seed(seed + i)``, which then draws that seed's targets. All methods share the
-initial weights and the data of a seed.
+initial weights and the data of a seed. (The ``reproduction`` protocol then sets the output layer to
+``weight = 1, bias = 0``.)
 
-**Methods** (one SGD step on ``½ δ²`` per sample; for ART/PopArt with ``δ = n(x) − (Y − μ)/σ``, the
-statistics updated by :func:`metaopt.popart.art` *before* the step, and the test prediction
-``f(x) = σ n(x) + μ`` taken with the statistics before the update):
+**Methods** (one SGD step on ``½ δ²`` per sample; for ART/PopArt with ``δ = n(x) − (Y − μ')/σ'``, the
+statistics updated by :func:`metaopt.popart.art` on ``Y_t`` *before* the step):
 
 ========  ===================  ===========  ================================================
 method    lr ``α``             ``β``        per sample
@@ -28,8 +28,29 @@ art       ``10^-2.5`` (paper)  ``1e-4``     ART, then SGD on the normalized loss
 popart    ``10^-2.5``          ``10^-0.5``  ART, POP (:func:`metaopt.popart.pop`), then SGD
 ========  ===================  ===========  ================================================
 
-The seed reproduction found ART with ``lr = 10^-3.5`` closer to the paper's figure; pass ``art_lr`` to
-try it.
+**Protocols** (:data:`PROTOCOLS`, ``--protocol``). ``paper`` (the default) reads the paper literally: the
+test error of sample ``t`` is ``f(x_t) = σ n(x_t) + μ`` with the statistics *before* ART sees ``Y_t``,
+every layer has PyTorch's ``nn.Linear`` init, ART's lr is the paper's ``10^-2.5``. ``reproduction`` makes
+the seed reproduction's choices (Pop-Art-Translation, ``Agent.py``): ART (and POP) run on ``Y_t`` *before*
+the error is recorded (``|σ' n(x_t) + μ' − Y_t|``), the output layer starts at ``weight = 1, bias = 0``,
+and ART's lr is ``10^-3.5``. Choices that the reproduction makes and that change nothing here: ``½ MSE``
+(used by both), separate SGD optimizers for body and head (the same update as one SGD step, checked in
+``tests/test_popart.py``), the window-10 moving average and the median over 50 seeds (the final value is
+the same with or without partial windows). Not replicated: its data layout (5004 samples with outliers at
+1000, 2001, 3002, 4003) and its textbook ``ν − μ²`` statistics in float32. ``--record``, ``--head-init``
+and ``--art-lr`` override one choice at a time.
+
+**What drives ART's gap** (50 seeds, float32, final median RMSE; ``p10–p90``): recording after ART changes
+nothing measurable (ART's ``β = 1e-4`` moves ``σ, μ`` by tiny amounts per sample, and at POP the output is
+preserved). The gap comes from the head init and ART's lr *together*: paper 243 (120–309); head ``ones``
+only 239; lr ``10^-3.5`` only 298; both (= reproduction) 133 (94–231), and 140 (101–181) on seeds 50–99.
+The body's gradient flows through ``W``: with ``W = 1`` (``‖W‖² = 10``) instead of ``nn.Linear``'s
+``U(±0.32)`` (``E‖W‖² ≈ 0.33``) a body step moves the output far more, so a smaller lr suits the ``ones``
+head. ART's final RMSE is sensitive to lr with either head: default head 478 / 298 / 88 / 243 and ``ones``
+head 235 / 133 / 63 / 239 at lr ``10^-4 / 10^-3.5 / 10^-3 / 10^-2.5``. With the paper's ``10^-2.5`` the median seed
+does not recover from the first outlier (median ``σ`` jumps from ≈ 175 to ≈ 680 and the normalized error on
+the outlier is ≈ 91, one huge SGD step). SGD and PopArt hardly depend on the protocol (SGD 248.5 / 248.6,
+PopArt 17.2 / 16.8).
 
 **Vectorization.** All seeds run at once: every parameter carries a leading ``[seeds]`` dimension, and the
 statistics are one :class:`~metaopt.popart.PopArtState` with ``num_outputs = seeds`` (the head weight
@@ -51,10 +72,6 @@ fast as ``float64`` (about 1.5–2 s per method for 50 seeds × 5000 samples on 
 of the two dtypes drift apart after the outliers, but the statistics agree (seed 0, final median RMSE:
 PopArt 17.2 / 18.4, SGD 249 / 261 in float32 / float64).
 
-**ART's final RMSE is sensitive.** With the paper's ``lr = 10^-2.5`` the median seed never recovers from the
-first outlier (median σ jumps from ≈ 175 to ≈ 680 and the normalized error on the outlier is ≈ 91, one
-huge SGD step), ending near SGD's level (median ≈ 243); ``lr = 10^-3.5`` ends ≈ 298 and ``10^-3`` ≈ 88.
-The seed reproduction reported 133–148.
 """
 
 from __future__ import annotations
@@ -75,7 +92,7 @@ import torch
 from torch import Tensor
 
 from metaopt import popart
-from metaopt._validation import check_positive
+from metaopt._validation import check_choice, check_positive
 
 __all__ = [
     "BITS",
@@ -86,12 +103,17 @@ __all__ = [
     "MethodSpec",
     "DEFAULT_METHODS",
     "DTYPES",
+    "RECORD_CHOICES",
+    "HEAD_INITS",
+    "Protocol",
+    "PROTOCOLS",
     "Results",
     "binary_code",
     "outlier_positions",
     "make_targets",
     "init_params",
     "simulate",
+    "resolve_protocol",
     "moving_average",
     "run_experiment",
     "format_table",
@@ -130,6 +152,35 @@ DEFAULT_METHODS: dict[str, MethodSpec] = {
 }
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+#: When the test error of sample ``t`` is recorded, relative to ART (and POP) on ``Y_t``.
+RECORD_CHOICES = ("before", "after")
+#: How the output layer starts: PyTorch's ``nn.Linear`` init, or ``weight = 1, bias = 0``.
+HEAD_INITS = ("default", "ones")
+
+
+class Protocol(NamedTuple):
+    """Choices of a Fig. 1a run beyond the methods' hyperparameters (see the module docstring).
+
+    Attributes:
+        record: ``"before"``: the test error of sample ``t`` uses the statistics before ART sees ``Y_t``;
+            ``"after"``: ART (and POP) run on ``Y_t`` first and the error uses the new statistics
+            ``|sigma' n(x_t) + mu' - Y_t|`` (with POP ``f(x_t)`` is unchanged, so only ART is affected).
+        head_init: ``"default"`` (``nn.Linear``'s init) or ``"ones"`` (``weight = 1``, ``bias = 0``).
+        art_lr: ART's SGD step size.
+    """
+
+    record: str
+    head_init: str
+    art_lr: float
+
+
+#: ``paper``: the paper's hyperparameters and the natural reading of its protocol (the default).
+#: ``reproduction``: the seed author's reproduction (Pop-Art-Translation, ``Agent.py``).
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol(record="before", head_init="default", art_lr=10**-2.5),
+    "reproduction": Protocol(record="after", head_init="ones", art_lr=10**-3.5),
+}
 
 Params = list[Tensor]  # [W1, b1, ..., W4, b4, W_head, b_head], each with a leading [seeds] dim
 
@@ -209,20 +260,26 @@ def make_targets(steps: int, generator: torch.Generator) -> Tensor:
     return targets
 
 
-def init_params(generator: torch.Generator, *, dtype: torch.dtype = torch.float32) -> Params:
+def init_params(
+    generator: torch.Generator, *, dtype: torch.dtype = torch.float32, head_init: str = "default"
+) -> Params:
     """One seed's network ``16 -> 4 x tanh(10) -> 1`` with PyTorch's default ``nn.Linear`` init.
 
     Each layer draws its weight (``kaiming_uniform_(a=sqrt(5))``) then its bias (``U(+-1/sqrt(fan_in))``)
-    from ``generator``, exactly as ``nn.Linear.reset_parameters`` does from the global generator.
+    from ``generator``, exactly as ``nn.Linear.reset_parameters`` does from the global generator. With
+    ``head_init="ones"`` the output layer is then set to ``weight = 1, bias = 0`` (its random draws are still
+    made, so the body and everything drawn later from ``generator`` are the same for both inits).
 
     Args:
         generator: Source of randomness.
         dtype: Parameter dtype.
+        head_init: ``"default"`` or ``"ones"`` (see :data:`HEAD_INITS`).
 
     Returns:
         ``[W1, b1, ..., W4, b4, W_head, b_head]`` with ``W_l`` of shape ``[out, in]``, ``b_l`` of shape
         ``[out]``, the head as ``W_head [1, 10]`` and ``b_head [1]``.
     """
+    check_choice("head_init", head_init, HEAD_INITS)
     params: Params = []
     sizes = (BITS, *HIDDEN, 1)
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -231,6 +288,8 @@ def init_params(generator: torch.Generator, *, dtype: torch.dtype = torch.float3
         bound = 1 / math.sqrt(fan_in)
         b = torch.nn.init.uniform_(torch.empty(fan_out, dtype=dtype), -bound, bound, generator=generator)
         params += [w, b]
+    if head_init == "ones":
+        params[-2], params[-1] = torch.ones_like(params[-2]), torch.zeros_like(params[-1])
     return params
 
 
@@ -271,13 +330,19 @@ def _sgd_step(params: Params, acts: list[Tensor], delta: Tensor, lr: float) -> P
     return [p - lr * gp for p, gp in zip(params, grads, strict=True)]
 
 
-def simulate(spec: MethodSpec, params: Params, targets: Tensor, inputs: Tensor) -> Tensor:
-    """Train one method on all seeds at once, one sample per step.
+def simulate(spec: MethodSpec, params: Params, targets: Tensor, inputs: Tensor, *, record: str = "before") -> Tensor:
+    r"""Train one method on all seeds at once, one sample per step.
 
-    Per step ``t`` (seeds in parallel): record the squared test error ``(f(x_t) − Y_t)²`` of the current
-    model; then, for ART/PopArt, ``new = art(state, Y_t, beta)``, for PopArt also
-    ``(W, b) = pop(W, b, state, new)``, and the normalized target ``(Y_t − μ')/σ'``; then one SGD step on
-    ``½ (n(x_t) − target)²``.
+    Per step ``t`` (seeds in parallel), with ``n = n(x_t)`` the current normalized output:
+
+    * SGD: record ``(n − Y_t)²``, then one SGD step on ``½ (n − Y_t)²``.
+    * ART/PopArt: ``new = art(state, Y_t, beta)``; for PopArt ``(W, b) = pop(W, b, state, new)`` and
+      ``n' = n(x_t)`` with the rescaled head (for ART ``n' = n``). Record the squared test error
+      ``(σ n + μ − Y_t)²`` with the old statistics (``record="before"``) or ``(σ' n' + μ' − Y_t)²`` with the
+      new ones (``record="after"``); then one SGD step on ``½ (n' − (Y_t − μ')/σ')²``.
+
+    With POP both records agree up to rounding (POP preserves ``f(x_t)``); for ART they differ by
+    ``(σ' − σ) n + μ' − μ``.
 
     Args:
         spec: Method hyperparameters.
@@ -285,25 +350,30 @@ def simulate(spec: MethodSpec, params: Params, targets: Tensor, inputs: Tensor) 
             ``W [S, 10]``, ``b [S]``). Not modified.
         targets: ``[steps, S]`` float targets.
         inputs: ``[steps, S, 16]`` binary codes of the targets.
+        record: ``"before"`` or ``"after"`` (see :data:`RECORD_CHOICES`).
 
     Returns:
         ``[S, steps]`` squared test errors (dtype of ``targets``).
     """
-    normalized = spec.beta is not None
-    state = popart.init(targets.shape[1], dtype=targets.dtype)
+    check_choice("record", record, RECORD_CHOICES)
+    state = popart.init(targets.shape[1], like=targets)
     errors = []
     with torch.no_grad():
         for y, x in zip(targets, inputs, strict=True):
             n, acts = _forward(params, x)
-            pred = popart.unnormalize(state, n) if normalized else n
+            if spec.beta is None:
+                errors.append((n - y) ** 2)
+                params = _sgd_step(params, acts, n - y, spec.lr)
+                continue
+            new = popart.art(state, y, spec.beta)
+            n_new = n
+            if spec.pop:
+                params = [*params[:-2], *popart.pop(params[-2], params[-1], state, new)]
+                n_new = _head(params[-2], params[-1], acts[-1])
+            pred = popart.unnormalize(new, n_new) if record == "after" else popart.unnormalize(state, n)
             errors.append((pred - y) ** 2)
-            if normalized:
-                new = popart.art(state, y, spec.beta)
-                if spec.pop:
-                    params = [*params[:-2], *popart.pop(params[-2], params[-1], state, new)]
-                    n = _head(params[-2], params[-1], acts[-1])
-                state, y = new, popart.normalize(new, y)
-            params = _sgd_step(params, acts, n - y, spec.lr)
+            state = new
+            params = _sgd_step(params, acts, n_new - popart.normalize(new, y), spec.lr)
     return torch.stack(errors, dim=1)
 
 
@@ -342,6 +412,8 @@ class Results:
         squared_errors: Per method, ``[seeds, steps]`` squared test errors.
         curves: Per method, ``[seeds, steps]`` smoothed RMSE (:func:`moving_average` of ``|e|``).
         wall_time_s: Per method, seconds of simulation.
+        protocol_name: Name of the protocol in :data:`PROTOCOLS`, or ``"custom"`` after overrides.
+        protocol: The :class:`Protocol` that ran (with the effective ART lr).
     """
 
     seeds: int
@@ -354,6 +426,8 @@ class Results:
     squared_errors: dict[str, Tensor]
     curves: dict[str, Tensor]
     wall_time_s: dict[str, float] = field(default_factory=dict)
+    protocol_name: str = "paper"
+    protocol: Protocol = PROTOCOLS["paper"]
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -370,12 +444,51 @@ class Results:
         return {k: float(v[-1]) for k, v in self.quantiles(method).items()}
 
 
+def resolve_protocol(
+    protocol: str | Protocol = "paper",
+    *,
+    art_lr: float | None = None,
+    record: str | None = None,
+    head_init: str | None = None,
+) -> tuple[str, Protocol]:
+    """A protocol by name (or as given) with optional overrides of single choices, validated.
+
+    Args:
+        protocol: A name from :data:`PROTOCOLS` or a :class:`Protocol`.
+        art_lr: Override of the protocol's ART learning rate.
+        record: Override of the protocol's ``record`` choice.
+        head_init: Override of the protocol's ``head_init`` choice.
+
+    Returns:
+        ``(name, protocol)``: the name is the matching entry of :data:`PROTOCOLS`, else ``"custom"``.
+    """
+    if isinstance(protocol, Protocol):
+        base = protocol
+    else:
+        base = PROTOCOLS[check_choice("protocol", protocol, tuple(PROTOCOLS))]
+    if art_lr is not None:
+        check_positive("art_lr", art_lr)
+        base = base._replace(art_lr=float(art_lr))
+    if record is not None:
+        base = base._replace(record=record)
+    if head_init is not None:
+        base = base._replace(head_init=head_init)
+    check_choice("record", base.record, RECORD_CHOICES)
+    check_choice("head_init", base.head_init, HEAD_INITS)
+    check_positive("art_lr", base.art_lr)
+    name = next((k for k, v in PROTOCOLS.items() if v == base), "custom")
+    return name, base
+
+
 def run_experiment(
     seeds: int = 50,
     steps: int = 5000,
     methods: str | Sequence[str] = ("sgd", "art", "popart"),
     *,
+    protocol: str | Protocol = "paper",
     art_lr: float | None = None,
+    record: str | None = None,
+    head_init: str | None = None,
     dtype: str | torch.dtype = "float32",
     seed: int = 0,
     window: int = 10,
@@ -387,11 +500,14 @@ def run_experiment(
         seeds: Number of independent runs (>= 1), simulated together.
         steps: Samples per run (>= 1).
         methods: Names from :data:`DEFAULT_METHODS`, as a sequence or a comma-separated string.
-        art_lr: Override ART's learning rate (default: the paper's ``10^-2.5``).
+        protocol: ``"paper"``, ``"reproduction"`` (see :data:`PROTOCOLS`) or a :class:`Protocol`.
+        art_lr: Override the protocol's ART learning rate.
+        record: Override the protocol's ``record`` (``"before"``/``"after"``).
+        head_init: Override the protocol's ``head_init`` (``"default"``/``"ones"``).
         dtype: ``"float32"`` or ``"float64"`` (or the torch dtype) for parameters and statistics.
         seed: Base seed; seed ``i`` draws its initial weights and then its targets from
             ``torch.Generator().manual_seed(seed + i)``, so seed ``i`` of a batch equals a batch of one
-            with base seed ``seed + i``.
+            with base seed ``seed + i``. Both head inits and both protocols see the same data and body.
         window: Width of the moving average of the per-sample RMSE.
         log: Optional callback for one progress line per method.
 
@@ -407,16 +523,15 @@ def run_experiment(
     _check_int("window", window, 1)
     names = _parse_methods(methods)
     torch_dtype = _parse_dtype(dtype)
-    if art_lr is not None:
-        check_positive("art_lr", art_lr)
+    protocol_name, proto = resolve_protocol(protocol, art_lr=art_lr, record=record, head_init=head_init)
     specs = {m: DEFAULT_METHODS[m] for m in names}
-    if art_lr is not None and "art" in specs:
-        specs["art"] = specs["art"]._replace(lr=float(art_lr))
+    if "art" in specs:
+        specs["art"] = specs["art"]._replace(lr=proto.art_lr)
 
     per_seed_params, per_seed_targets = [], []
     for i in range(seeds):
         gen = torch.Generator().manual_seed(seed + i)
-        per_seed_params.append(init_params(gen, dtype=torch_dtype))
+        per_seed_params.append(init_params(gen, dtype=torch_dtype, head_init=proto.head_init))
         per_seed_targets.append(make_targets(steps, gen))
     params = [torch.stack(ps) for ps in zip(*per_seed_params, strict=True)]
     params[-2], params[-1] = params[-2].squeeze(1), params[-1].squeeze(1)  # head: W [S, 10], b [S]
@@ -427,7 +542,7 @@ def run_experiment(
     squared, curves, wall = {}, {}, {}
     for name, spec in specs.items():
         start = time.perf_counter()
-        sq = simulate(spec, params, targets, inputs).to(torch.float64)
+        sq = simulate(spec, params, targets, inputs, record=proto.record).to(torch.float64)
         wall[name] = time.perf_counter() - start
         squared[name], curves[name] = sq, moving_average(sq.sqrt(), window)
         if log is not None:
@@ -443,6 +558,8 @@ def run_experiment(
         squared,
         curves,
         wall,
+        protocol_name,
+        proto,
     )
 
 
@@ -451,8 +568,10 @@ def run_experiment(
 
 def format_table(results: Results) -> str:
     """Plain-text table of the final smoothed RMSE per method (median and 10-90 percentiles over seeds)."""
+    proto = results.protocol
     lines = [
-        f"final RMSE at sample {results.steps - 1} (window {results.window}, {results.seeds} seeds, {results.dtype}):",
+        f"final RMSE at sample {results.steps - 1} (window {results.window}, {results.seeds} seeds, {results.dtype}, "
+        f"protocol {results.protocol_name}: record {proto.record} ART, head init {proto.head_init}):",
         f"{'method':<8} {'lr':>9} {'beta':>9} {'median':>10} {'p10':>10} {'p90':>10} {'time s':>8}",
     ]
     for m, spec in results.specs.items():
@@ -472,6 +591,7 @@ def _summary(results: Results) -> dict:
         "seed": results.seed,
         "window": results.window,
         "dtype": results.dtype,
+        "protocol": {"name": results.protocol_name, **results.protocol._asdict()},
         "outliers": results.outliers,
         "torch": torch.__version__,
         "methods": {
@@ -511,7 +631,11 @@ def _plot(results: Results, f: io.IOBase) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("# samples")
     ax.set_ylabel(f"RMSE (moving average, window {results.window})")
-    ax.set_title(f"Binary regression (PopArt Fig. 1a): median and 10-90% of {results.seeds} seeds")
+    ax.set_title(
+        f"PopArt Fig. 1a (binary regression), protocol {results.protocol_name}: median, 10-90% of {results.seeds} "
+        "seeds",
+        fontsize=9,
+    )
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(f, format="png", dpi=120)
@@ -599,11 +723,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated methods from {','.join(DEFAULT_METHODS)}",
     )
     parser.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="paper",
+        help="paper: record the test error before ART sees the sample, nn.Linear head init, ART lr 10^-2.5; "
+        "reproduction: the seed reproduction's choices (record after ART/POP, head weight 1 and bias 0, "
+        "ART lr 10^-3.5)",
+    )
+    parser.add_argument(
         "--art-lr",
         type=_arg_type(_positive_float),
         default=None,
-        help="override ART's learning rate (paper: 10^-2.5 = 0.00316; the seed reproduction "
-        "matched the figure better with 10^-3.5 = 0.000316)",
+        help="override the protocol's ART learning rate",
+    )
+    parser.add_argument(
+        "--record", choices=RECORD_CHOICES, default=None, help="override the protocol's recording order"
+    )
+    parser.add_argument(
+        "--head-init", choices=HEAD_INITS, default=None, help="override the protocol's output-layer init"
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="simulation dtype")
     parser.add_argument("--seed", type=_int_at_least("seed", 0), default=0, help="base seed (seed i uses seed + i)")
@@ -626,7 +763,10 @@ def run(args: argparse.Namespace) -> int:
         args.seeds,
         args.steps,
         args.methods,
+        protocol=args.protocol,
         art_lr=args.art_lr,
+        record=args.record,
+        head_init=args.head_init,
         dtype=args.dtype,
         seed=args.seed,
         window=args.window,

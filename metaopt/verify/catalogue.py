@@ -53,7 +53,7 @@ from torch.func import functional_call
 
 from metaopt import popart as pa
 from metaopt.engines import ENGINES, InnerLoop, PopArtSpec, adapt
-from metaopt.inner_optim import InnerOptimizer
+from metaopt.inner_optim import sgd
 from metaopt.meta_params import MetaParameters
 from metaopt.verify.core import check_gradients, relative_error
 
@@ -176,7 +176,9 @@ def check_torchopt_toy(engines: Sequence[str]) -> list[CheckResult]:
         meta = MetaParameters(lr=eta, learn=("lr",), dtype=F64)
         report = check_gradients(lambda: torchopt_toy_meta_loss(net, x, meta, engine),  # noqa: B023
                                  {"x": x, "log_lr": meta.log_lr}, eps=1e-6, rtol=1e-8)
-        lr = float(meta.lr().detach())
+        lr_t = meta.lr
+        assert isinstance(lr_t, Tensor)  # one shared rate here
+        lr = float(lr_t.detach())
         dx, dx_fd = report["x"].autograd, report["x"].reference
         dlr, dlr_fd = report["log_lr"].autograd / lr, report["log_lr"].reference / lr
         rows += [
@@ -224,7 +226,7 @@ def _higher_toy_inner(model: nn.Module) -> InnerLoop:
         x, y = batch
         return ((functional_call(model, params, (x,)) - y) ** 2).mean()
 
-    return InnerLoop(mse, steps=5, optimizer=InnerOptimizer("sgd", momentum=0.5))
+    return InnerLoop(mse, steps=5, optimizer=sgd(momentum=0.5))
 
 
 def higher_toy_meta_loss(model: nn.Linear, meta: MetaParameters, engine: str) -> Tensor:
@@ -398,7 +400,7 @@ def darts_fd_hypergradient(problem: DartsProblem, xi: float | None = None, scale
     d_alpha, *d_w1 = torch.autograd.grad(problem.loss(w1, problem.val, alpha), [alpha, *w1.values()])
     if xi == 0:
         return d_alpha
-    eps = scale / float(torch.sqrt(sum((g**2).sum() for g in d_w1)))
+    eps = scale / float(torch.sqrt(torch.stack([(g**2).sum() for g in d_w1]).sum()))
 
     def grad_alpha_train(sign: float) -> Tensor:
         shifted = {n: p.detach() + sign * eps * v for (n, p), v in zip(w.items(), d_w1, strict=True)}
@@ -453,13 +455,14 @@ def _popart_problem(steps: int) -> tuple[nn.Module, InnerLoop, list[tuple[dict[s
     y = 10 * (x @ torch.randn(2, 1, 3, 1, generator=g, dtype=F64)).squeeze(-1) + 10
     tasks = [({"x": x[t, 0], "y": y[t, 0]}, {"x": x[t, 1], "y": y[t, 1]}) for t in range(2)]
 
-    def loss(params: dict[str, Tensor], batch: dict[str, Tensor], state: pa.PopArtState) -> Tensor:
+    def loss(params: dict[str, Tensor], batch: Any, state: pa.PopArtState | None) -> Tensor:
+        assert state is not None
         pred = functional_call(model, params, (batch["x"],))
         return 0.5 * ((pred - pa.normalize(state, batch["y"])) ** 2).mean()
 
     spec = PopArtSpec("value.weight", "value.bias", targets=lambda params, batch, state: batch["y"])
     momentum = 0.5 if steps > 1 else 0.0
-    return model, InnerLoop(loss, steps=steps, optimizer=InnerOptimizer("sgd", momentum=momentum), popart=spec), tasks
+    return model, InnerLoop(loss, steps=steps, optimizer=sgd(momentum=momentum), popart=spec), tasks
 
 
 def _popart_objective(model: nn.Module, inner: InnerLoop, tasks: list, meta: MetaParameters, engine: str) -> Tensor:
@@ -467,6 +470,7 @@ def _popart_objective(model: nn.Module, inner: InnerLoop, tasks: list, meta: Met
     total = torch.zeros((), dtype=F64)
     for inb, outb in tasks:
         res = adapt(model, inner, inb, meta, engine=engine, popart_state=pa.init(1, dtype=F64))
+        assert res.popart_state is not None
         pred = pa.unnormalize(res.popart_state, functional_call(model, res.params, (outb["x"],)))
         total = total + 0.5 * ((pred - outb["y"]) ** 2).mean()
     return total

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from metaopt.artifacts import check_out_dir, write_text
 from metaopt.engines import ENGINES
 from metaopt.verify.catalogue import CHECK_NAMES, CheckResult, available_engines, run_catalogue
 
@@ -60,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", type=parse_list(ENGINES, "engine"), default=argparse.SUPPRESS,
                         help=f"comma-separated engines out of {','.join(ENGINES)} (default: every installed one)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per row plus a summary)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the printed report to this file")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the printed report to this file (a file path, not a directory)")
 
 
 def exit_code(results: Sequence[CheckResult]) -> int:
@@ -118,10 +120,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"metaopt verify: error: argument --engines: {missing} not installed "
               f"(pip install 'metaopt[{missing[0]}]')", file=sys.stderr)
         return 2
+    if args.out is not None:  # check before the (slow) checks run, so a bad path fails at once
+        try:
+            check_out_file(args.out)
+        except ValueError as err:
+            print(f"metaopt verify: error: {err}", file=sys.stderr)
+            return 2
     results = run_catalogue(args.checks, engines)
     text = json.dumps(to_json(results), indent=2, allow_nan=False) if args.json else format_table(results)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+        write_text(args.out, text + "\n")
     return exit_code(results)
+
+
+def check_out_file(out: Path) -> None:
+    """``--out`` must name a file that can be written (not a directory, not below a file, writable)."""
+    if out.is_dir():
+        raise ValueError(f"--out must be a file path, got {str(out)!r}, which is a directory (expected e.g. "
+                         f"{str(out / 'verify.json')!r})")
+    check_out_dir(out.parent)

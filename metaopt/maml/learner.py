@@ -1,0 +1,395 @@
+"""MAML-A2C on TabularMDP with differentiable PopArt, learning beta and the inner learning rate.
+
+One meta-iteration (TorchOpt's MAML-RL recipe, vectorized):
+
+1. sample ``tasks`` tasks and the iteration's common random numbers (one seeded generator);
+2. for each inner step ``k < K``: roll out ``trajectories`` episodes per task with the current fast weights
+   (``theta_0`` at ``k = 0``; batched simulator, no grad), then take the inner step on them (any engine; PopArt
+   ART/POP inside) -- :func:`metaopt.engines.adapt_tasks` with a :func:`~metaopt.engines.per_step` source;
+3. roll out fresh episodes with each task's adapted weights;
+4. outer A2C terms on them through the adapted weights; the meta-gradient of ``theta_0`` follows the policy
+   and value terms, a learned ``lr``/``beta`` the terms named by ``lr_objective``/``beta_objective`` (the
+   policy term by default); outer Adam step.
+
+All randomness of a run flows from one ``torch.Generator`` whose state is checkpointed, so a resumed run is
+bit-identical to an uninterrupted one. :meth:`MetaLearner.meta_gradient` and :meth:`MetaLearner.apply` are
+separate, so a distributed loop can all-reduce the gradients between them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from metaopt import popart as pa
+from metaopt.engines import NonFiniteTaskError, adapt_tasks, check_tasks, map_tasks, per_step, require
+from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
+from metaopt.inner_optim import InnerOptimizer
+from metaopt.maml.config import MAMLConfig
+from metaopt.meta_params import MetaParameters
+from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, task_major
+
+__all__ = ["MetaLearner", "NonFiniteError", "IterationData", "Rollouts", "MetaGradient", "PER_TASK"]
+
+#: Per-task quantities of an iteration, in the order of :attr:`MetaGradient.per_task`'s rows.
+PER_TASK = ("policy_loss", "value_loss", "pre_return", "post_return", "scales", "inner_ok")
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or meta-gradient became NaN/inf; carries the iteration and the offending tasks."""
+
+    def __init__(self, message: str, iteration: int, tasks: list[int]) -> None:
+        super().__init__(message)
+        self.iteration, self.tasks = iteration, tasks
+
+
+@dataclass
+class IterationData:
+    """The random inputs of one meta-iteration (identical for every engine and number of ranks).
+
+    Attributes:
+        tasks: The iteration's tasks.
+        noise_inner: One rollout's common random numbers per inner step.
+        noise_post: The post-adaptation rollout's.
+    """
+
+    tasks: TaskBatch
+    noise_inner: tuple[RolloutNoise, ...]
+    noise_post: RolloutNoise
+
+    @property
+    def noise_pre(self) -> RolloutNoise:
+        """The first inner step's noise (the rollout of ``theta_0``)."""
+        return self.noise_inner[0]
+
+    def shard(self, start: int, stop: int) -> IterationData:
+        """Tasks ``start:stop`` of the iteration."""
+        return IterationData(self.tasks.shard(start, stop), tuple(x.shard(start, stop) for x in self.noise_inner),
+                             self.noise_post.shard(start, stop))
+
+
+class Rollouts(NamedTuple):
+    """What :meth:`MetaLearner.adapt_and_rollout` produces for a batch of tasks."""
+
+    pre: Trajectories
+    adapted: dict[str, Tensor]
+    states: pa.PopArtState | None
+    post: Trajectories
+    inner_ok: Tensor
+
+
+class MetaGradient(NamedTuple):
+    """A meta-gradient (one tensor per entry of :meth:`MetaLearner.parameters`) and per-task values ``[6, n]``."""
+
+    grads: list[Tensor]
+    per_task: Tensor
+
+
+def _returns(rewards: Tensor) -> Tensor:
+    """Per-task mean episode return from time-major rewards ``[T, N, B]`` -> ``[N]``."""
+    return rewards.sum(0).mean(-1)
+
+
+class MetaLearner:
+    """Holds the agent, meta-parameters, outer optimizer and RNG of a MAML-A2C run.
+
+    The run's whole state is ``theta_0`` (the model), the meta-parameters, the outer Adam state, the
+    task/noise generator and the iteration counter (:meth:`state_dict`). PopArt's statistics start fresh
+    (``mu = 0``, ``sigma = 1``) for every task of every iteration, so there are none to checkpoint. The global
+    torch RNG is used only to initialize the model (seeded here), never while training.
+
+    Args:
+        cfg: The run's configuration (validated here).
+    """
+
+    def __init__(self, cfg: MAMLConfig) -> None:
+        self.cfg = cfg.validate()
+        if cfg.engine != "func":
+            require(cfg.engine)  # fail now, with the install hint, not in the first iteration
+        dt, dev = cfg.torch_dtype, cfg.torch_device
+        torch.manual_seed(cfg.seed)
+        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden).to(dtype=dt, device=dev)
+        self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, dtype=dt, device=dev)
+        self.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, cfg.popart_advantages)
+        self.inner = make_inner_loop(
+            self.model, popart=cfg.popart, steps=cfg.num_inner_steps, cfg=self.loss_cfg,
+            optimizer=InnerOptimizer(cfg.inner_optimizer, momentum=cfg.inner_momentum),
+            first_order=cfg.first_order, truncate=cfg.truncate, debias=cfg.debias, first_pop=cfg.first_pop,
+        )
+        groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        if list(self.meta.parameters()):
+            groups.append({"params": list(self.meta.parameters()), "lr": cfg.meta_lr})
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.outer_lr)
+        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self.iteration = 0
+        self.test_tasks = self.sample_tasks(cfg.eval_tasks, seed=cfg.seed + 1_000_003)
+
+    # ------------------------------------------------------------------------------------------ state
+    def parameters(self) -> list[Tensor]:
+        """Everything the outer optimizer updates: ``theta_0`` and the learned meta-parameters."""
+        out: list[Tensor] = [*self.model.parameters(), *self.meta.parameters()]
+        return out
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        """:meth:`parameters` with names (``model.*``, ``meta.*``)."""
+        out: list[tuple[str, Tensor]] = [(f"model.{n}", p) for n, p in self.model.named_parameters()]
+        return out + [(f"meta.{n}", p) for n, p in self.meta.named_parameters()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for a bit-identical resume (tensors on the run's device)."""
+        return {"config": self.cfg.to_dict(), "iteration": self.iteration, "model": self.model.state_dict(),
+                "meta": self.meta.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the configuration must match; tensors may come from any device)."""
+        self.model.load_state_dict(state["model"])
+        self.meta.load_state_dict(state["meta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.iteration = int(state["iteration"])
+
+    # ----------------------------------------------------------------------------------------- data
+    def sample_tasks(self, n: int, *, seed: int | None = None) -> TaskBatch:
+        """``n`` tasks of the configured kind, from the run's generator (or a fresh one seeded ``seed``)."""
+        c = self.cfg
+        gen = self.generator if seed is None else torch.Generator(device=c.torch_device).manual_seed(seed)
+        return sample_tasks(n, num_states=c.num_states, num_actions=c.num_actions, generator=gen,
+                            scale_range=(c.scale_lo, c.scale_hi) if c.scaled else None)
+
+    def sample_iteration(self) -> IterationData:
+        """Draw the next iteration's tasks and common random numbers from the run's generator."""
+        c = self.cfg
+        tasks = self.sample_tasks(c.tasks)
+        inner = tuple(self._noise(c.tasks, c.trajectories, self.generator) for _ in range(c.num_inner_steps))
+        return IterationData(tasks, inner, self._noise(c.tasks, c.trajectories, self.generator))
+
+    def _noise(self, n: int, b: int, gen: torch.Generator) -> RolloutNoise:
+        c = self.cfg
+        return draw_noise(n, b, c.horizon, generator=gen, dtype=c.torch_dtype, device=c.torch_device)
+
+    def _rollout(self, sim: BatchedTabularMDP, params: dict[str, Tensor] | None, noise: RolloutNoise
+                 ) -> Trajectories:
+        """Roll out ``theta_0`` (``params=None``, shared by all tasks) or per-task stacked ``params`` (no grad)."""
+        with torch.no_grad():
+            if self.cfg.state_table:
+                eye = torch.eye(self.cfg.num_states, dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
+                table = self.model(eye)[0] if params is None else torch.func.vmap(
+                    lambda p: functional_call(self.model, p, (eye,))[0])(params)
+                return sim.rollout_table(table, noise)
+            if params is None:
+                return sim.rollout(lambda obs: self.model(obs)[0], noise)
+            return sim.rollout(lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(
+                params, obs), noise)
+
+    def adapt_and_rollout(self, tasks: TaskBatch, noise_inner: tuple[RolloutNoise, ...], noise_post: RolloutNoise,
+                          engine: str | None = None) -> Rollouts:
+        """Roll out and adapt each task for ``K`` steps (fresh episodes per step), then roll out the adapted weights.
+
+        Non-finite inner loops do not raise here (every rank of a distributed run must reach the same checks);
+        they are flagged in ``inner_ok`` (the engines' checked mode) and their weights are NaN.
+        """
+        c, n = self.cfg, tasks.num_tasks
+        sim = BatchedTabularMDP(tasks.to(device=c.torch_device), c.horizon, dtype=c.torch_dtype)
+        rollouts: list[Trajectories] = []
+
+        def batch(k: int, params: dict[str, Tensor]) -> Any:
+            rollouts.append(self._rollout(sim, None if k == 0 else params, noise_inner[k]))
+            return task_major(rollouts[-1], states=c.state_table)
+
+        states0 = None
+        if c.popart:
+            s = pa.init(1, dtype=c.torch_dtype, device=c.torch_device)
+            states0 = pa.PopArtState(*(t.expand(n, 1).clone() for t in s))
+        res = adapt_tasks(self.model, self.inner, per_step(batch), self.meta, engine=engine or c.engine,
+                          popart_state=states0, num_tasks=n, check=False)
+        ok = torch.ones(n, dtype=c.torch_dtype, device=c.torch_device)
+        try:
+            check_tasks(res)
+        except NonFiniteTaskError as err:
+            ok[err.tasks] = 0.0
+        post = self._rollout(sim, res.params, noise_post)
+        return Rollouts(rollouts[0], res.params, res.popart_state, post, ok)
+
+    # ------------------------------------------------------------------------------------ meta-loss
+    def outer_terms(self, data: IterationData, *, engine: str | None = None, task_slice: slice | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-task outer policy and value terms ``[n]`` (differentiable) and the per-task values ``[6, n]``."""
+        engine = engine or self.cfg.engine
+        sl = _check_data(self.cfg, data, task_slice)
+        d = data.shard(sl.start, sl.stop)
+        r = self.adapt_and_rollout(d.tasks, d.noise_inner, d.noise_post, engine)
+        units = self.cfg.outer_value
+
+        def outer(p: dict[str, Tensor], s: Any, b: Any) -> Tensor:
+            state = None if s is None else pa.PopArtState(*s)
+            return torch.stack(a2c_terms(self.model, p, b, state, self.loss_cfg, value_units=units))
+
+        terms = map_tasks(outer, r.adapted, None if r.states is None else tuple(r.states),
+                          task_major(r.post, states=self.cfg.state_table), engine=engine)
+        scales = d.tasks.scales.to(dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
+        info = torch.stack([terms[:, 0].detach(), terms[:, 1].detach(), _returns(r.pre.rewards),
+                            _returns(r.post.rewards), scales, r.inner_ok])
+        return terms[:, 0], terms[:, 1], info
+
+    def meta_loss(self, data: IterationData, *, engine: str | None = None, task_slice: slice | None = None
+                  ) -> tuple[Tensor, Tensor]:
+        """The total outer loss ``sum_tasks(policy + value_coef * value)`` (differentiable) and the per-task values."""
+        policy, value, info = self.outer_terms(data, engine=engine, task_slice=task_slice)
+        return self.loss_cfg.policy_coef * policy.sum() + self.loss_cfg.value_coef * value.sum(), info
+
+    def meta_gradient(self, data: IterationData, *, task_slice: slice | None = None) -> MetaGradient:
+        """The meta-gradient of (a slice of) the iteration's tasks, summed over them.
+
+        ``theta_0`` follows ``policy + value_coef * value``; a learned ``lr``/``beta`` follows the terms its
+        ``*_objective`` names (one extra backward pass through the unroll when they differ).
+        """
+        policy, value, info = self.outer_terms(data, task_slice=task_slice)
+        lc = self.loss_cfg
+        objective = {"policy": lc.policy_coef * policy.sum(), "value": lc.value_coef * value.sum()}
+        objective["total"] = objective["policy"] + objective["value"]
+        names = self.named_parameters()
+        wanted = [self.cfg.lr_objective if n.startswith("meta.log_lr") else  # log_lr or per-parameter log_lrs.*
+                  self.cfg.beta_objective if n == "meta.logit_beta" else "total" for n, _ in names]
+        grads: list[Tensor | None] = [None] * len(names)
+        order = sorted(set(wanted), key=lambda o: o == "total")  # "total" last: it may free the graph
+        for j, obj in enumerate(order):
+            idx = [i for i, w in enumerate(wanted) if w == obj]
+            gs = torch.autograd.grad(objective[obj], [names[i][1] for i in idx], allow_unused=True,
+                                     retain_graph=j < len(order) - 1)
+            for i, g in zip(idx, gs, strict=True):
+                grads[i] = g
+        return MetaGradient([torch.zeros_like(p) if g is None else g for (_, p), g in zip(names, grads, strict=True)],
+                            info)
+
+    def apply(self, grads: list[Tensor]) -> None:
+        """One outer Adam step with ``grads`` (one per entry of :meth:`parameters`)."""
+        for p, g in zip(self.parameters(), grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration += 1
+
+    def check_finite(self, per_task: Tensor, grads: list[Tensor], gradient_tasks: Callable[[], list[int]]) -> None:
+        """Raise :class:`NonFiniteError` naming the iteration and the tasks if a loss or the meta-gradient is bad.
+
+        Args:
+            per_task: ``[6, n]`` values of all the iteration's tasks (:data:`PER_TASK` rows).
+            grads: The (summed) meta-gradient.
+            gradient_tasks: Called only when a gradient is non-finite: which tasks caused it.
+        """
+        it, rows = self.iteration + 1, dict(zip(PER_TASK, per_task, strict=True))
+
+        def bad(x: Tensor) -> list[int]:
+            return (~torch.isfinite(x)).nonzero().flatten().tolist()
+
+        inner = (rows["inner_ok"] == 0).nonzero().flatten().tolist()
+        tasks = sorted(set(inner) | set(bad(rows["policy_loss"])) | set(bad(rows["value_loss"]))
+                       | set(bad(rows["pre_return"])) | set(bad(rows["post_return"])))
+        if tasks:
+            causes = [f"{what} of task(s) {ts}" for what, ts in (
+                ("non-finite rewards in the pre-adaptation rollout", bad(rows["pre_return"])),
+                ("a non-finite inner loop (weights or PopArt statistics)", inner),
+                ("non-finite rewards in the post-adaptation rollout", bad(rows["post_return"]))) if ts]
+            detail = f" ({'; '.join(causes)})" if causes else ""
+            raise NonFiniteError(f"non-finite outer loss at iteration {it} for task(s) {tasks}{detail}", it, tasks)
+        params = [n for (n, _), g in zip(self.named_parameters(), grads, strict=True) if not torch.isfinite(g).all()]
+        if params:
+            tasks = gradient_tasks()
+            where = (f"from task(s) {tasks}" if tasks
+                     else "(no single task's gradient is non-finite: their sum overflowed)")
+            raise NonFiniteError(f"non-finite meta-gradient at iteration {it} in {params} {where}", it, tasks)
+
+    def nonfinite_gradient_tasks(self, data: IterationData, task_slice: slice | None = None) -> list[int]:
+        """Which tasks of the slice have a non-finite meta-gradient (each recomputed alone; failure path only)."""
+        sl = _check_data(self.cfg, data, task_slice)
+        out = []
+        for t in range(sl.start, sl.stop):
+            grads = self.meta_gradient(data, task_slice=slice(t, t + 1)).grads
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                out.append(t)
+        return out
+
+    def metrics(self, per_task: Tensor, seconds: float) -> dict[str, float]:
+        """The logged scalars of an iteration from all its tasks' :data:`PER_TASK` values."""
+        r = dict(zip(PER_TASK, per_task, strict=True))
+        m = {"iteration": self.iteration, "outer_loss": float((r["policy_loss"] + self.cfg.value_coef
+                                                               * r["value_loss"]).mean()),
+             "train_pre_return": float(r["pre_return"].mean()), "train_post_return": float(r["post_return"].mean()),
+             "time_s": seconds} | self.meta.summary()
+        if self.cfg.scaled:
+            m["train_pre_return_norm"] = float((r["pre_return"] / r["scales"]).mean())
+            m["train_post_return_norm"] = float((r["post_return"] / r["scales"]).mean())
+        return m
+
+    def step(self, data: IterationData | None = None) -> dict[str, float]:
+        """One meta-iteration in one process: meta-gradient, checks, outer Adam step; returns the metrics.
+
+        Raises:
+            NonFiniteError: a loss, a reward, an inner loop or the meta-gradient is NaN/inf; names the iteration
+                and the tasks (parameters, the optimizer and the iteration counter are left unchanged).
+        """
+        t0 = time.perf_counter()
+        data = data if data is not None else self.sample_iteration()
+        mg = self.meta_gradient(data)
+        self.check_finite(mg.per_task, mg.grads, lambda: self.nonfinite_gradient_tasks(data))
+        self.apply(mg.grads)
+        return self.metrics(mg.per_task, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: TaskBatch | None = None
+                 ) -> dict[str, float]:
+        """Pre- and post-adaptation returns on the fixed test tasks (or ``tasks``), vectorized ``func`` adaptation.
+
+        The evaluation draws its noise from its own generator (seeded by ``seed``, default the run seed plus
+        the iteration), so it never disturbs the training RNG.
+
+        Returns:
+            ``test_pre_return``, ``test_post_return`` and, for the scaled variant, the same divided by each
+            task's scale ``c`` (``*_norm``).
+        """
+        c = self.cfg
+        gen = torch.Generator(device=c.torch_device).manual_seed(c.seed * 7919 + self.iteration if seed is None
+                                                                 else seed)
+        tasks = self.test_tasks if tasks is None else tasks
+        b = trajectories or c.trajectories
+        inner = tuple(self._noise(tasks.num_tasks, b, gen) for _ in range(c.num_inner_steps))
+        r = self.adapt_and_rollout(tasks, inner, self._noise(tasks.num_tasks, b, gen), "func")
+        pre, post = _returns(r.pre.rewards), _returns(r.post.rewards)
+        out = {"test_pre_return": float(pre.mean()), "test_post_return": float(post.mean())}
+        if c.scaled:
+            scales = tasks.scales.to(dtype=c.torch_dtype, device=c.torch_device)
+            out["test_pre_return_norm"] = float((pre / scales).mean())
+            out["test_post_return_norm"] = float((post / scales).mean())
+        return out
+
+
+def _check_data(c: MAMLConfig, data: IterationData, task_slice: slice | None) -> slice:
+    """Validate an iteration's inputs; return the task slice as concrete ``start:stop``."""
+    if not isinstance(data, IterationData):
+        raise TypeError(f"data must be an IterationData (see MetaLearner.sample_iteration), got {type(data).__name__}")
+    t = data.tasks
+    if (t.num_states, t.num_actions) != (c.num_states, c.num_actions):
+        raise ValueError(f"data.tasks must have num_states={c.num_states} and num_actions={c.num_actions} (the "
+                         f"config's), got num_states={t.num_states}, num_actions={t.num_actions}")
+    if len(data.noise_inner) != c.num_inner_steps:
+        raise ValueError(f"data.noise_inner must hold one rollout noise per inner step ({c.num_inner_steps}), got "
+                         f"{len(data.noise_inner)}")
+    n = t.num_tasks
+    if task_slice is None:
+        return slice(0, n)
+    if not isinstance(task_slice, slice):
+        raise TypeError(f"task_slice must be a slice (start:stop) of the {n} tasks, got {task_slice!r}")
+    start = 0 if task_slice.start is None else task_slice.start
+    stop = n if task_slice.stop is None else task_slice.stop
+    if (task_slice.step not in (None, 1) or not isinstance(start, int) or not isinstance(stop, int)
+            or not 0 <= start < stop <= n):
+        raise ValueError(f"task_slice must be a contiguous, non-empty slice within the iteration's {n} tasks "
+                         f"(0 <= start < stop <= {n}, step 1), got {task_slice!r}")
+    return slice(start, stop)
