@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metaopt import estimators
 from metaopt import popart as pa
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.envs import Trajectories
@@ -74,6 +75,10 @@ class A2CConfig(NamedTuple):
         popart_advantages: With PopArt, scale the policy's advantages by ``1/sigma`` (PopArt-IMPALA).
         policy_coef: Weight of the policy term (0 leaves a pure value-regression loss, whose value is a true
             function of the parameters: useful for finite-difference checks of the meta-gradient).
+        estimator: The policy term (:mod:`metaopt.estimators`): ``"surrogate"`` (TorchOpt's
+            ``-mean(sg(A) log pi)`` with lambda-return advantages), ``"dice"`` (unbiased derivatives of every
+            order; Monte-Carlo returns with the value baseline, ``lam`` unused) or ``"lvc"`` (ProMP's low-variance
+            curvature, lambda-return advantages).
     """
 
     gamma: float = 0.99
@@ -81,6 +86,7 @@ class A2CConfig(NamedTuple):
     value_coef: float = 0.5
     popart_advantages: bool = True
     policy_coef: float = 1.0
+    estimator: str = "surrogate"
 
 
 #: How the value error is scaled with PopArt (see :func:`a2c_terms`).
@@ -111,11 +117,15 @@ def task_major(traj: Trajectories, *, states: bool = False) -> Batch:
 def lambda_returns(
     rewards: Tensor, values: Tensor, last_values: Tensor, dones: Tensor, gamma: float, lam: float
 ) -> Tensor:
-    r"""Lambda-returns computed backwards over time (dim 0).
+    r"""Lambda-returns over time (dim 0), the backward recursion evaluated in closed form.
 
     .. math::
         G_i = r_i + \gamma_i\big((1-\lambda) V(s_{i+1}) + \lambda G_{i+1}\big), \quad
-        \gamma_i = \gamma (1 - \text{done}_i), \quad G_T = V(s_T).
+        \gamma_i = \gamma (1 - \text{done}_i), \quad G_T = V(s_T),
+
+    i.e. :math:`G_i = \sum_{j \ge i} \big(\prod_{k=i}^{j-1} \lambda\gamma_k\big) \delta_j` with
+    :math:`\delta_j = r_j + \gamma_j (1-\lambda) V(s_{j+1})` and :math:`\delta_T = V(s_T)`: one weighted sum
+    instead of ``T`` sequential steps (``dones`` must be 0 or 1).
 
     Args:
         rewards: ``[T, ...]``.
@@ -130,13 +140,19 @@ def lambda_returns(
     """
     horizon = rewards.shape[0]
     next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
-    out = []
-    g = last_values
-    for i in range(horizon - 1, -1, -1):
-        disc = gamma * (1.0 - dones[i])
-        g = rewards[i] + disc * ((1.0 - lam) * next_values[i] + lam * g)
-        out.append(g)
-    return torch.stack(out[::-1], dim=0)
+    disc = gamma * (1.0 - dones)
+    # delta_j = r_j + gamma_j (1 - lam) V_{j+1}; the last "delta" is V_T, reached through lam * gamma_{T-1}.
+    delta = torch.cat([rewards + disc * (1.0 - lam) * next_values, last_values.unsqueeze(0)], dim=0)
+    # W[i, j] = prod_{k=i}^{j-1} lam gamma_k = (lam gamma)^(j-i) if no episode ends in [i, j-1], else 0 (j >= i):
+    # the recursion unrolled, so the returns are one product instead of T sequential steps.
+    ends = torch.cat([torch.zeros_like(dones[:1]), dones.cumsum(0)], dim=0)  # ends before step j, j = 0..T
+    i = torch.arange(horizon, device=rewards.device)
+    j = torch.arange(horizon + 1, device=rewards.device)
+    power = (j[None, :] - i[:, None]).clamp(min=0).to(rewards.dtype)
+    decay = torch.where(j[None, :] >= i[:, None], (lam * gamma) ** power, torch.zeros_like(power))
+    extra = (1,) * (rewards.dim() - 1)
+    same = (ends[None, :] == ends[:horizon, None]).to(rewards.dtype)  # [T, T + 1, ...]
+    return ((decay.view(horizon, horizon + 1, *extra) * same) * delta[None]).sum(1)
 
 
 def state_table(model: nn.Module, params: Params, num_states: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,18 +162,27 @@ def state_table(model: nn.Module, params: Params, num_states: int, like: Tensor)
     return logits, n
 
 
-def _forward(model: nn.Module, params: Params, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits and normalized values at the visited states and at the states after the last step.
+def _forward(model: nn.Module, params: Params, batch: Batch, *, values_only: bool = False
+             ) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``log pi(a_t|s_t)`` of the taken actions and the normalized values at the visits and after the last step.
 
-    With ``states`` in the batch (one-hot observations of tabular states) the network runs once per state and
-    the visits are gathered: the same values as a forward pass per visit, with ``S`` rows instead of ``T * B``.
+    With ``states`` in the batch (one-hot observations of tabular states) the network and the log-softmax run once
+    per state and the visits are selected by a product with the one-hot observations, which is exact (every other
+    term is a zero): the same values as a forward pass per visit, with ``S`` rows instead of ``T * B``.
     """
+    obs, last = batch["observations"], batch["last_observations"]
     if "states" in batch:
-        logits, n = state_table(model, params, batch["observations"].shape[-1], batch["observations"])
-        return logits[batch["states"]], n[batch["states"]], n[batch["last_states"]]
-    logits, n = functional_call(model, params, (batch["observations"],))
-    _, n_last = functional_call(model, params, (batch["last_observations"],))
-    return logits, n, n_last
+        logits, n = state_table(model, params, obs.shape[-1], obs)
+        values, last_values = obs @ n, last @ n
+        if values_only:
+            return None, values, last_values
+        logp = (obs @ F.log_softmax(logits, dim=-1)).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+        return logp, values, last_values
+    logits, n = functional_call(model, params, (obs,))
+    _, n_last = functional_call(model, params, (last,))
+    if values_only:
+        return None, n, n_last
+    return F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1), n, n_last
 
 
 def returns_targets(
@@ -165,7 +190,7 @@ def returns_targets(
 ) -> Tensor:
     """Lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``."""
     with torch.no_grad():  # the bootstrap values are detached anyway: record no graph for them
-        _, n, n_last = _forward(model, params, batch)
+        _, n, n_last = _forward(model, params, batch, values_only=True)
     if state is not None:
         n, n_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
     return lambda_returns(batch["rewards"], n.detach(), n_last.detach(), batch["dones"], cfg.gamma, cfg.lam)
@@ -192,6 +217,8 @@ def a2c_terms(
     .. math::
         P = -\operatorname{mean}(\operatorname{sg}(A) \log\pi(a|s)), \qquad V = \operatorname{mean}(A_v^2)
 
+    (``P`` is the surrogate; ``cfg.estimator`` selects DiCE or LVC instead, see :mod:`metaopt.estimators`).
+
     ``G`` are the lambda-returns (:func:`lambda_returns`) with detached bootstrap values. Without PopArt
     ``A = A_v = G - V(s)``. With PopArt (``V(s) = \sigma n(s) + \mu``) the value error is scale-free and
     ``value_units`` says how it depends on the statistics:
@@ -216,7 +243,8 @@ def a2c_terms(
     """
     if value_units not in VALUE_UNITS:
         raise ValueError(f"value_units must be one of {VALUE_UNITS}, got {value_units!r}")
-    logits, n, n_last = _forward(model, params, batch)
+    logp, n, n_last = _forward(model, params, batch)
+    assert logp is not None
     if state is None:
         values, last = n, n_last
     else:
@@ -224,13 +252,21 @@ def a2c_terms(
     returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
     if state is None:
         adv_value = returns - values
-        adv_policy = adv_value.detach()
     else:
         sigma = state.sigma.detach() if value_units == "sg_scale" else state.sigma
         adv_value = (returns - values) / sigma if value_units == "sg_scale" else pa.normalize(state, returns) - n
-        adv_policy = ((returns - values) / sigma).detach() if cfg.popart_advantages else (returns - values).detach()
-    logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-    return A2CTerms(-(adv_policy * logp).mean(), (adv_value**2).mean())
+    # PopArt-IMPALA's policy step: advantages (and so every estimator's rewards and baselines) divided by sigma.
+    scale = state.sigma.detach() if state is not None and cfg.popart_advantages else None
+    if cfg.estimator == "surrogate":
+        adv = (returns - values).detach()
+        policy = -((adv if scale is None else adv / scale) * logp).mean()
+    else:
+        r, v, v_last = batch["rewards"], values.detach(), last.detach()
+        if scale is not None:
+            r, v, v_last = r / scale, v / scale, v_last / scale
+        policy = estimators.policy_loss(cfg.estimator, logp, r, batch["dones"], v, gamma=cfg.gamma,
+                                        lam=1.0 if cfg.estimator == "dice" else cfg.lam, last_values=v_last)
+    return A2CTerms(policy, (adv_value**2).mean())
 
 
 def a2c_loss(

@@ -253,29 +253,26 @@ class BatchedTabularMDP:
         reward = self.tasks.scales[:, None] * (self.tasks.reward_means[task_idx, state, action] + z)
         return next_state, reward
 
-    def _run(self, noise: RolloutNoise,
-             choose: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> Trajectories:
+    def _run(self, noise: RolloutNoise, choose: Callable[[int, torch.Tensor], torch.Tensor]) -> Trajectories:
+        """Step all tasks and trajectories; ``choose(t, state)`` gives the actions ``[N, B]`` at step ``t``."""
         n, b = self._check_noise(noise)
         t_max = self.horizon
         # Time-major, contiguous views of the noise: [T, N, B].
         transition_u, reward_z = (f.permute(2, 0, 1).contiguous() for f in (noise.transition_u, noise.reward_z))
         task_idx = torch.arange(n, device=self.device)[:, None].expand(n, b)
         state = torch.zeros((n, b), dtype=torch.long, device=self.device)
-        observations = torch.empty((t_max, n, b, self.num_states), dtype=self.dtype, device=self.device)
         actions = torch.empty((t_max, n, b), dtype=torch.long, device=self.device)
         rewards = torch.empty((t_max, n, b), dtype=self.dtype, device=self.device)
         states = torch.empty((t_max, n, b), dtype=torch.long, device=self.device)
         for t in range(t_max):
-            obs = self._eye[state]
-            observations[t] = obs
             states[t] = state
-            action = choose(t, obs, state)
+            action = choose(t, state)
             actions[t] = action
             state, rewards[t] = self._step_env(state, action, transition_u[t], reward_z[t], task_idx)
         dones = torch.zeros((t_max, n, b), dtype=self.dtype, device=self.device)
         dones[-1] = 1.0
         return Trajectories(
-            observations=observations,
+            observations=self._eye[states],
             actions=actions,
             rewards=rewards,
             dones=dones,
@@ -306,7 +303,8 @@ class BatchedTabularMDP:
         self._check_noise(noise)
         action_u = noise.action_u.permute(2, 0, 1)
 
-        def choose(t: int, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        def choose(t: int, state: torch.Tensor) -> torch.Tensor:
+            obs = self._eye[state]
             logits = policy_fn(obs)
             expected = (*obs.shape[:2], self.num_actions)
             if not isinstance(logits, torch.Tensor):
@@ -349,7 +347,7 @@ class BatchedTabularMDP:
         action_u = noise.action_u.permute(2, 0, 1)
         task_idx = torch.arange(n, device=self.device)[:, None]
 
-        def choose(t: int, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        def choose(t: int, state: torch.Tensor) -> torch.Tensor:
             c = cdf[task_idx, state]  # [N, B, A]
             action = torch.searchsorted(c, action_u[t].unsqueeze(-1).contiguous()).squeeze(-1)
             return action.clamp_(max=a - 1)
@@ -379,4 +377,4 @@ class BatchedTabularMDP:
                 f"actions must lie in [0, {self.num_actions}), got range [{actions.min()}, {actions.max()}]"
             )
         acts = actions.permute(2, 0, 1).to(device=self.device, dtype=torch.long)
-        return self._run(noise, lambda t, obs, state: acts[t])
+        return self._run(noise, lambda t, state: acts[t])

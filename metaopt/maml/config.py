@@ -61,7 +61,9 @@ class MAMLConfig:
             by inflating sigma), or normalized, (G - mu) / sigma - n. The job's ART targets are detached, so the
             statistics depend on beta alone and the choice matters for a beta that follows the value or total
             objective.
-        estimator: Estimator of the policy term: surrogate (TorchOpt's), dice or lvc.
+        estimator: The policy term, whose second derivatives make the meta-gradient: surrogate (TorchOpt's
+            -mean(sg(A) log pi); its meta-gradient is biased for any number of episodes), dice (unbiased at every
+            order; Monte-Carlo returns with the value baseline, lam unused) or lvc (ProMP's low-variance curvature).
         scaled: Scaled TabularMDP: task rewards multiplied by c = 10^u, u ~ U(scale_lo, scale_hi).
         scale_lo: Lower exponent of the scale range.
         scale_hi: Upper exponent of the scale range.

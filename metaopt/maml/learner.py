@@ -116,7 +116,8 @@ class MetaLearner:
         torch.manual_seed(cfg.seed)
         self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden).to(dtype=dt, device=dev)
         self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, dtype=dt, device=dev)
-        self.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, cfg.popart_advantages)
+        self.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, cfg.popart_advantages,
+                                  estimator=cfg.estimator)
         self.inner = make_inner_loop(
             self.model, popart=cfg.popart, steps=cfg.num_inner_steps, cfg=self.loss_cfg,
             optimizer=InnerOptimizer(cfg.inner_optimizer, momentum=cfg.inner_momentum),
