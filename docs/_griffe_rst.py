@@ -89,7 +89,13 @@ class RstToMarkdown(griffe.Extension):
         module = obj if obj.is_module else obj.module
         scopes = [obj.path] if obj.is_class else []
         scopes += [obj.parent.path] if obj.parent is not None and obj.parent.is_class else []
-        candidates = [name] + [f"{scope}.{name}" for scope in [*scopes, module.path]]
+        scopes.append(module.path)
+        # In a private module (metaopt/popart/_art.py) also look where the package re-exports it (metaopt.popart).
+        public = module.path
+        while not self._public(public) and "." in public:
+            public = public.rsplit(".", 1)[0]
+        scopes += [public + scope[len(module.path):] for scope in scopes if public != module.path]
+        candidates = [name] + [f"{scope}.{name}" for scope in scopes]
         for path in candidates:
             if not self._public(path):
                 continue

@@ -1,4 +1,6 @@
 import csv
+import dataclasses
+import inspect
 import json
 import math
 import runpy
@@ -10,6 +12,7 @@ from torch import nn
 
 from metaopt import cli, popart
 from metaopt.experiments import popart_regression as pr
+from metaopt.experiments.popart_regression import _simulation as sim
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popart_regression.py"
 
@@ -63,11 +66,11 @@ def test_manual_gradients_match_autograd():
     params = [p.requires_grad_() for p in _batched_params(4)]
     x = pr.binary_code(torch.randint(0, 1024, (4,)), dtype=torch.float64)
     target = torch.randn(4, dtype=torch.float64)
-    n, acts = pr._forward(params, x)
+    n, acts = sim._forward(params, x)
     loss = 0.5 * ((n - target) ** 2).sum()  # seeds are independent: sum of per-seed losses
     grads = torch.autograd.grad(loss, params)
     lr = 0.1
-    stepped = pr._sgd_step([p.detach() for p in params], [a.detach() for a in acts], (n - target).detach(), lr)
+    stepped = sim._sgd_step([p.detach() for p in params], [a.detach() for a in acts], (n - target).detach(), lr)
     for p, g, s in zip(params, grads, stepped, strict=True):
         torch.testing.assert_close(s, p.detach() - lr * g, rtol=1e-12, atol=1e-14)
 
@@ -275,12 +278,42 @@ def test_cli_protocol_and_overrides(tmp_path, capsys):
 @pytest.mark.usefixtures("only_this_subcommand")
 def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never"
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["popart-regression", flag, value, "--out", str(out)])
-    assert exc.value.code == 2
+    try:
+        code = cli.main(["popart-regression", flag, value, "--out", str(out)])
+    except SystemExit as exc:  # argparse: a value that does not parse or is not a choice
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
-    assert flag in err and message in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and flag in errors[0] and message in errors[0], err
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("only_this_subcommand")
+def test_cli_rejects_repeated_methods_and_a_file_as_out(tmp_path, capsys):
+    assert cli.main(["popart-regression", "--methods", "popart,popart", "--out", str(tmp_path / "x")]) == 2
+    assert "--methods must not repeat a method" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert cli.main(["popart-regression", "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "--out must be a directory path" in capsys.readouterr().err
+
+
+def test_cli_flags_come_from_the_settings_dataclass(capsys):
+    """One flag per Settings field, help from the field docs with the default stated once."""
+    with pytest.raises(SystemExit):
+        cli.main(["popart-regression", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(pr.Settings):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "--no-plot" in text and text.count("(default: 5000)") == 1 and "%(default)" not in text
+    assert "samples per run" in text and "(default: sgd,art,popart)" in text
+
+
+def test_settings_defaults_are_run_experiment_defaults():
+    params = inspect.signature(pr.run_experiment).parameters
+    settings = pr.Settings()
+    for name, value in settings.experiment().items():
+        assert params[name].default == value, name
 
 
 @pytest.mark.parametrize(

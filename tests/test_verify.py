@@ -13,7 +13,7 @@ import torch
 
 from metaopt.cli import main
 from metaopt.engines import ENGINES, InnerLoop
-from metaopt.verify import catalogue, check_gradients
+from metaopt.verify import catalogue, check_gradients, checks_toys
 from metaopt.verify.catalogue import CHECK_NAMES, CheckResult, run_catalogue
 from metaopt.verify.cli import exit_code, format_table, to_json
 
@@ -89,7 +89,7 @@ def test_popart_and_prop3_rows(rows):
 
 def test_an_engine_bug_fails_the_toy(monkeypatch):
     # A first-order inner loop drops the second derivative: dL/dx becomes 2 a1 x = -12, not -28.
-    monkeypatch.setattr(catalogue, "TOY_INNER", InnerLoop(lambda p, x, s: p["a"] * x**2, first_order=True))
+    monkeypatch.setattr(checks_toys, "TOY_INNER", InnerLoop(lambda p, x, s: p["a"] * x**2, first_order=True))
     bad = {r.quantity: r for r in catalogue.check_torchopt_toy(["func"])}
     assert not bad["dL/dx vs analytic"].passed and abs(bad["dL/dx vs analytic"].autograd + 12) < 1e-9
     assert not bad["dL/dx vs FD"].passed  # the finite difference still sees -28

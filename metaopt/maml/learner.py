@@ -344,12 +344,14 @@ class MetaLearner:
         return self.metrics(mg.per_task, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------------- evaluate
-    def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: TaskBatch | None = None
-                 ) -> dict[str, float]:
+    def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: TaskBatch | None = None,
+                 post_trajectories: int | None = None) -> dict[str, float]:
         """Pre- and post-adaptation returns on the fixed test tasks (or ``tasks``), vectorized ``func`` adaptation.
 
         The evaluation draws its noise from its own generator (seeded by ``seed``, default the run seed plus
-        the iteration), so it never disturbs the training RNG.
+        the iteration), so it never disturbs the training RNG. ``trajectories`` episodes per task feed each inner
+        step (default: the training value); the post-adaptation return is measured on ``post_trajectories``
+        episodes (default: ``trajectories``). The pre-adaptation return is the first inner batch's.
 
         Returns:
             ``test_pre_return``, ``test_post_return`` and, for the scaled variant, the same divided by each
@@ -361,7 +363,7 @@ class MetaLearner:
         tasks = self.test_tasks if tasks is None else tasks
         b = trajectories or c.trajectories
         inner = tuple(self._noise(tasks.num_tasks, b, gen) for _ in range(c.num_inner_steps))
-        r = self.adapt_and_rollout(tasks, inner, self._noise(tasks.num_tasks, b, gen), "func")
+        r = self.adapt_and_rollout(tasks, inner, self._noise(tasks.num_tasks, post_trajectories or b, gen), "func")
         pre, post = _returns(r.pre.rewards), _returns(r.post.rewards)
         out = {"test_pre_return": float(pre.mean()), "test_post_return": float(post.mean())}
         if c.scaled:

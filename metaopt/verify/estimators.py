@@ -58,8 +58,8 @@ from metaopt.engines import ENGINES, InnerLoop, adapt
 from metaopt.envs import BatchedTabularMDP, TaskBatch, sample_tasks
 from metaopt.meta_params import MetaParameters
 
-if TYPE_CHECKING:  # the catalogue imports this module: import it lazily at run time (no cycle)
-    from metaopt.verify.catalogue import CheckResult
+if TYPE_CHECKING:
+    from metaopt.verify._rows import CheckResult
 
 __all__ = [
     "BASELINES",
@@ -564,7 +564,7 @@ def check_estimators(engines: Sequence[str]) -> list[CheckResult]:
     * ``surrogate|lvc: mean meta-gradient vs exact limit`` — each biased estimator converges to the limit
       :func:`metaopt.exact.exact_maml_return` predicts (``inner_estimator=``).
     """
-    from metaopt.verify.catalogue import CheckResult, _row  # lazy: the catalogue registers this module
+    from metaopt.verify._rows import CheckResult, _row
 
     cfg = CHECK_SETTINGS
     name, z = "estimators", cfg["z"]
