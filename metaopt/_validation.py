@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -56,6 +56,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+@overload
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+              allow_none: Literal[False] = False) -> int: ...
+@overload
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+              allow_none: bool) -> int | None: ...
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
               allow_none: bool = False) -> int | None:
     """Check ``value`` is an int (not a bool) with ``low <= value <= high``; return it as a Python int.
@@ -85,6 +91,12 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     return int(value)
 
 
+@overload
+def check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False, allow_none: bool) -> float | None: ...
 def check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
                low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> float | None:
     """Check ``value`` is a finite real number (not a bool) inside the given interval; return it as a float.

@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "metaopt.experiments.maml_rl",
         "MAML-A2C on TabularMDP with PopArt value normalization, learning beta and the inner lr.",
     ),
+    "study": (
+        "metaopt.experiments.study",
+        "Does learning beta and the inner lr beat a tuned plain MAML? Trains the sweeps and reports, per scale.",
+    ),
     "estimator-study": (
         "metaopt.experiments.estimator_study",
         "Bias and variance of sampled MAML meta-gradients (surrogate, LVC, DiCE) against exact ones on TabularMDP.",

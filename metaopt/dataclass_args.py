@@ -12,7 +12,8 @@ or from the class docstring's Google-style ``Attributes:`` section. Defaults are
 the help prints them. Allowed values come from ``field(metadata={"choices": (...)})`` or ``choices=``.
 
 Supported field types: ``bool`` (``--flag/--no-flag``), ``int``, ``float``, ``str``, ``X | None`` (the word
-``none`` gives ``None``) and ``tuple[str, ...]`` (a comma list; ``none`` gives ``()``).
+``none`` gives ``None``) and ``tuple[X, ...]`` with ``X`` one of ``str``, ``int``, ``float`` (a comma list, each
+item converted to ``X``; ``none`` gives ``()``).
 """
 
 from __future__ import annotations
@@ -84,9 +85,18 @@ def _converter(tp: Any, choices: Sequence[Any] | None) -> tuple[Any, bool]:
     if tp is bool:
         return None, True
     if typing.get_origin(tp) is tuple:
-        def comma_list(value: str) -> tuple[str, ...]:
-            items = tuple(x.strip() for x in value.split(",") if x.strip())
-            items = () if items == ("none",) else items
+        item_type = args[0] if args else str
+        if item_type not in (str, int, float) or len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"tuple fields must be tuple[str, ...], tuple[int, ...] or tuple[float, ...], got {tp}")
+
+        def comma_list(value: str) -> tuple[Any, ...]:
+            words = tuple(x.strip() for x in value.split(",") if x.strip())
+            words = () if words == ("none",) else words
+            try:
+                items = tuple(item_type(x) for x in words)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a comma list of {item_type.__name__} values "
+                                                 f"(or 'none'), got {value!r}") from None
             bad = [x for x in items if choices is not None and x not in choices]
             if bad:
                 raise argparse.ArgumentTypeError(f"expected a comma list of {','.join(map(str, choices or ()))} "

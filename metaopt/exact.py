@@ -246,7 +246,7 @@ def policy_logits(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     s = check_int("num_states", num_states, low=1)
-    p = dict(model.named_parameters()) if params is None else dict(params)
+    p: dict[str, Tensor] = dict(model.named_parameters()) if params is None else dict(params)
     if not p:
         raise ValueError("params must name at least one parameter tensor, got an empty mapping")
     ref = next(iter(p.values()))

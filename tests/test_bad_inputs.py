@@ -278,12 +278,17 @@ class Poison:
                     outer.count += 1
                     self.bad = outer.count == iteration
 
-            def rollout(self, policy_fn, noise):
-                traj = base.rollout(self, policy_fn, noise)
+            def _poison(self, traj):
                 self.calls += 1
                 if self.bad and self.calls == (1 if rollout == "pre" else 2):
                     traj.rewards[:, task] = float("nan")
                 return traj
+
+            def rollout(self, policy_fn, noise):
+                return self._poison(base.rollout(self, policy_fn, noise))
+
+            def rollout_table(self, logits, noise):
+                return self._poison(base.rollout_table(self, logits, noise))
 
         monkeypatch.setattr(maml, "BatchedTabularMDP", Poisoned)
 

@@ -93,12 +93,17 @@ class _PoisonedSim(maml_mod.BatchedTabularMDP):
             if plan["count"] == plan["iteration"]:
                 self._poison = plan["task"]
 
-    def rollout(self, policy_fn, noise):
-        traj = super().rollout(policy_fn, noise)
+    def _poisoned(self, traj):
         if self._poison is not None:
             traj.rewards[:, self._poison] = float("nan")
             self._poison = None
         return traj
+
+    def rollout(self, policy_fn, noise):
+        return self._poisoned(super().rollout(policy_fn, noise))
+
+    def rollout_table(self, logits, noise):
+        return self._poisoned(super().rollout_table(logits, noise))
 
 
 def _quiet(_text):

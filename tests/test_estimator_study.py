@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from metaopt import cli
 from metaopt.experiments import estimator_study
+from metaopt.experiments.estimator_study import Settings, run_estimator_study, summarize
 from metaopt.verify.catalogue import available_engines
-from metaopt.verify.estimators import check_estimators, make_problem, sample_meta_gradients, summarize
+from metaopt.verify.estimators import check_estimators, make_problem, sample_meta_gradients
 
 F64 = torch.float64
 
@@ -61,32 +67,98 @@ def test_sampled_inner_step_is_identical_for_the_three_estimators():
         assert not torch.allclose(samples[e].meta_gradients, samples["dice"].meta_gradients)
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser()
-    estimator_study.add_arguments(parser)
-    return parser.parse_args(argv)
+def _main(argv):
+    """``metaopt estimator-study ARGV``'s exit code (argparse errors exit, run() returns)."""
+    try:
+        return cli.main(["estimator-study", *argv])
+    except SystemExit as e:
+        return e.code
 
 
-def test_quick_cli_writes_json_markdown_and_plot(tmp_path):
+def test_quick_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    args = _parse(["--quick", "--out", str(tmp_path)])
-    assert estimator_study.run(args) == 0
-    data = json.loads((tmp_path / "study.json").read_text())
+    out = tmp_path / "new" / "dir"
+    assert _main(["--quick", "--out", str(out)]) == 0
+    data = json.loads((out / "study.json").read_text())
     rows = data["studies"]["value"]["rows"]
     assert {(r["estimator"], r["N"]) for r in rows} == {(e, n) for e in ("surrogate", "lvc", "dice")
                                                         for n in estimator_study.QUICK["sizes"]}
     assert all(r["rel_bias_ci"][0] <= r["rel_bias_ci"][1] and r["rel_variance"] > 0 for r in rows)
-    assert "| value | dice | 100 |" in (tmp_path / "study.md").read_text()
-    assert (tmp_path / "estimator_bias.png").read_bytes()[:4] == b"\x89PNG"
+    assert data["settings"]["sizes"] == list(estimator_study.QUICK["sizes"]) and data["settings"]["quick"] is True
+    assert "| value | dice | 100 |" in (out / "study.md").read_text()
+    assert (out / "estimator_bias.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == ["estimator_bias.png", "study.json", "study.md"]  # no temporaries
+    assert "| value | dice | 100 |" in capsys.readouterr().out
+
+
+def test_save_samples_without_plot(tmp_path):
+    assert _main(["--quick", "--sizes", "5", "--estimators", "dice,dice", "--no-plot", "--save-samples",
+                  "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.pt", "study.json", "study.md"]
+    raw = torch.load(tmp_path / "samples.pt", weights_only=True)
+    # --quick replaces --sizes; the repeated estimator is run once.
+    assert set(raw["value"]) == {"exact", "limit/dice"} | {f"dice/{n}{s}" for n in estimator_study.QUICK["sizes"]
+                                                           for s in ("", "/linearized")}
+    assert raw["value"]["dice/10"].shape[0] == estimator_study.QUICK["repeats"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--sizes", "10,0"], "sizes must be a comma-separated list of integers >= 1"),
-    (["--estimators", "dice,ppo"], "estimators must be a comma-separated list out of surrogate, lvc, dice"),
-    (["--lr", "-1"], "lr must be a finite number > 0"),
-    (["--repeats", "1"], "repeats must be an integer >= 2, got 1"),
+    (["--sizes", "10,0"], "--sizes must be a comma list of ints >= 1, got 10,0"),
+    (["--sizes", "10,x"], "argument --sizes: expected a comma list of int values (or 'none'), got '10,x'"),
+    (["--sizes", "none"], "--sizes must be a comma list of ints >= 1, got none"),
+    (["--estimators", "dice,ppo"], "argument --estimators: expected a comma list of surrogate,lvc,dice (or 'none'), "
+                                   "got 'dice,ppo' (unknown: ['ppo'])"),
+    (["--baselines", "none"], "--baselines must be a comma list out of value,exact,none, got none"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--gamma", "1.5"], "--gamma must be a number in [0, 1], got 1.5"),
+    (["--confidence", "1"], "--confidence must be a number in (0, 0.999], got 1.0"),
+    (["--repeats", "1"], "--repeats must be an int >= 2, got 1"),
+    (["--bootstrap", "5"], "--bootstrap must be an int >= 10, got 5"),
+    (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+    (["--num-tasks", "2.5"], "argument --num-tasks: invalid int value: '2.5'"),
+    (["--policy", "mlp"], "argument --policy: invalid choice: 'mlp'"),
 ])
-def test_cli_bad_arguments_name_the_flag(argv, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        _parse(argv)
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+def test_cli_bad_arguments_name_the_flag_and_write_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _main([*argv, "--quick", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("metaopt estimator-study: error: ") and message in errors[0]
+    assert not out.exists()
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    for out in (target, target / "sub"):
+        assert _main(["--quick", "--out", str(out)]) == 2
+        assert f"metaopt estimator-study: error: --out must be a directory path, got {str(out)!r}" \
+            in capsys.readouterr().err
+    assert target.read_text() == "keep"
+
+
+def test_settings_defaults_are_the_study_defaults_and_quick_help_states_the_budget():
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    study = inspect.signature(run_estimator_study).parameters
+    problem = inspect.signature(make_problem).parameters
+    for name in ("estimators", "sizes", "repeats", "engine", "bootstrap", "confidence", "seed"):
+        assert defaults[name] == study[name].default, name
+    for name in ("policy", "num_tasks", "horizon", "lr", "gamma"):
+        assert defaults[name] == problem[name].default, name
+    parser = argparse.ArgumentParser()
+    estimator_study.add_arguments(parser)
+    quick = " ".join(next(a.help for a in parser._actions if "--quick" in a.option_strings).split())
+    for name, value in estimator_study.QUICK.items():
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert f"{estimator_study.FLAGS[name]} {shown}" in quick, (name, quick)
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, contextlib, io, metaopt.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        metaopt.cli.main(['estimator-study', '--help'])\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -192,7 +192,7 @@ def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
 
 def _num_tasks(batches: Any, popart_state: pa.PopArtState | None, num_tasks: int | None) -> int:
     if num_tasks is not None:
-        return check_int("num_tasks", num_tasks, low=1)  # type: ignore[return-value]
+        return check_int("num_tasks", num_tasks, low=1)
     leaves = [t for t in pytree.tree_leaves((batches, popart_state)) if isinstance(t, Tensor) and t.dim() > 0]
     if not leaves:
         raise ValueError("num_tasks must be given when neither the batches (a per_step source) nor popart_state "

@@ -80,7 +80,7 @@ class Rollouts(NamedTuple):
     pre: Trajectories
     adapted: dict[str, Tensor]
     states: pa.PopArtState | None
-    post: Trajectories
+    post: Trajectories | None
     inner_ok: Tensor
 
 
@@ -189,12 +189,13 @@ class MetaLearner:
             return sim.rollout(lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(
                 params, obs), noise)
 
-    def adapt_and_rollout(self, tasks: TaskBatch, noise_inner: tuple[RolloutNoise, ...], noise_post: RolloutNoise,
-                          engine: str | None = None) -> Rollouts:
+    def adapt_and_rollout(self, tasks: TaskBatch, noise_inner: tuple[RolloutNoise, ...],
+                          noise_post: RolloutNoise | None, engine: str | None = None) -> Rollouts:
         """Roll out and adapt each task for ``K`` steps (fresh episodes per step), then roll out the adapted weights.
 
         Non-finite inner loops do not raise here (every rank of a distributed run must reach the same checks);
-        they are flagged in ``inner_ok`` (the engines' checked mode) and their weights are NaN.
+        they are flagged in ``inner_ok`` (the engines' checked mode) and their weights are NaN. With
+        ``noise_post=None`` there is no post-adaptation rollout (``post`` is ``None``).
         """
         c, n = self.cfg, tasks.num_tasks
         sim = BatchedTabularMDP(tasks.to(device=c.torch_device), c.horizon, dtype=c.torch_dtype)
@@ -215,7 +216,7 @@ class MetaLearner:
             check_tasks(res)
         except NonFiniteTaskError as err:
             ok[err.tasks] = 0.0
-        post = self._rollout(sim, res.params, noise_post)
+        post = None if noise_post is None else self._rollout(sim, res.params, noise_post)
         return Rollouts(rollouts[0], res.params, res.popart_state, post, ok)
 
     # ------------------------------------------------------------------------------------ meta-loss
@@ -232,6 +233,7 @@ class MetaLearner:
             state = None if s is None else pa.PopArtState(*s)
             return torch.stack(a2c_terms(self.model, p, b, state, self.loss_cfg, value_units=units))
 
+        assert r.post is not None
         terms = map_tasks(outer, r.adapted, None if r.states is None else tuple(r.states),
                           task_major(r.post, states=self.cfg.state_table), engine=engine)
         scales = d.tasks.scales.to(dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
@@ -364,6 +366,7 @@ class MetaLearner:
         b = trajectories or c.trajectories
         inner = tuple(self._noise(tasks.num_tasks, b, gen) for _ in range(c.num_inner_steps))
         r = self.adapt_and_rollout(tasks, inner, self._noise(tasks.num_tasks, post_trajectories or b, gen), "func")
+        assert r.post is not None
         pre, post = _returns(r.pre.rewards), _returns(r.post.rewards)
         out = {"test_pre_return": float(pre.mean()), "test_post_return": float(post.mean())}
         if c.scaled:

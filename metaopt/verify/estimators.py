@@ -32,21 +32,18 @@ The three estimators use the *same* trajectories in each repeat (common random n
 :math:`\lambda = 1` their first derivatives, hence the inner steps :math:`\theta'`, are then identical, and
 they differ only through their Hessians.
 
-Statistics over :math:`R` repeats (:func:`summarize`): the relative error :math:`\|\bar g - g^\star\| /
-\|g^\star\|` of the mean and the cosine similarity, with bootstrap percentile intervals; a *debiased* squared
-bias :math:`\widehat{b^2} = \|\bar g - g^\star\|^2 - \operatorname{tr}\hat\Sigma / R` (unbiased for
-:math:`\|\mathbb E \hat g - g^\star\|^2`, so its interval can cover 0), reported as
-:math:`\operatorname{sign}(\widehat{b^2}) \sqrt{|\widehat{b^2}|} / \|g^\star\|`; and the variance
-:math:`\operatorname{tr}\hat\Sigma / \|g^\star\|^2` of one estimate.
+This module holds the problem, the sampling and the fast ``metaopt verify`` rows (:func:`check_estimators`);
+the full study over :math:`N` with its statistics (bias, variance and bootstrap intervals) is
+:mod:`metaopt.experiments.estimator_study` (``metaopt estimator-study``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -67,8 +64,8 @@ __all__ = [
     "SampledMetaGradients",
     "make_problem",
     "sample_meta_gradients",
-    "summarize",
-    "run_estimator_study",
+    "CheckSettings",
+    "CHECK_SETTINGS",
     "check_estimators",
 ]
 
@@ -331,10 +328,14 @@ def sample_meta_gradients(
     steps: dict[str, list[Tensor]] = {e: [] for e in estimators}
     rollout_s = 0.0
     t_idx = torch.arange(problem.horizon)[:, None]
+    table = problem.logits().detach()  # pi_theta0, the same for every repeat
+
+    def policy(obs: Tensor) -> Tensor:
+        return obs @ table
+
     for _ in range(repeats):
         start = time.perf_counter()
-        table = problem.logits().detach()
-        traj = sim.rollout(lambda obs, table=table: obs @ table, sim.draw_noise(n_traj, generator=gen))
+        traj = sim.rollout(policy, sim.draw_noise(n_traj, generator=gen))
         batches = []
         for n in range(problem.tasks.num_tasks):
             b = {"states": traj.states[:, n], "actions": traj.actions[:, n], "rewards": traj.rewards[:, n],
@@ -350,7 +351,8 @@ def sample_meta_gradients(
             outer = exact.expected_return(problem.tasks, logits, horizon=problem.horizon, gamma=problem.gamma).sum()
             grads = torch.autograd.grad(outer, params, retain_graph=True, allow_unused=True)
             meta_grads[e].append(problem.flat(grads).detach())
-            outer_lin = sum((slope[k] * p[k]).sum() for slope, p in zip(slopes, adapted, strict=True) for k in slope)
+            outer_lin = torch.stack([(slope[k] * p[k]).sum() for slope, p in zip(slopes, adapted, strict=True)
+                                     for k in slope]).sum()
             linear[e].append(problem.flat(torch.autograd.grad(outer_lin, params, allow_unused=True)).detach())
             theta0 = problem.params()
             steps[e].append(torch.cat([torch.cat([(p[k] - theta0[k]).detach().reshape(-1) for k in theta0])
@@ -361,185 +363,31 @@ def sample_meta_gradients(
     return out, rollout_s
 
 
-# ------------------------------------------------------------------------------------------------ statistics
-def _interval(values: Tensor, confidence: float) -> tuple[float, float]:
-    lo = torch.quantile(values, (1 - confidence) / 2).item()
-    hi = torch.quantile(values, (1 + confidence) / 2).item()
-    return lo, hi
-
-
-def summarize(
-    samples: Tensor,
-    reference: Tensor,
-    *,
-    limit: Tensor | None = None,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    r"""Bias and variance of ``R`` sampled vectors against an exact reference.
-
-    With :math:`\bar g` the mean, :math:`\hat\Sigma` the sample covariance (divisor :math:`R - 1`) and
-    :math:`g^\star` the reference:
-
-    .. math::
-        \text{rel\_error} = \frac{\|\bar g - g^\star\|}{\|g^\star\|}, \quad
-        \text{cosine} = \frac{\bar g \cdot g^\star}{\|\bar g\| \|g^\star\|}, \quad
-        \widehat{b^2} = \|\bar g - g^\star\|^2 - \frac{\operatorname{tr}\hat\Sigma}{R}, \quad
-        \text{rel\_bias} = \frac{\operatorname{sign}(\widehat{b^2}) \sqrt{|\widehat{b^2}|}}{\|g^\star\|},
-
-    :math:`\mathbb E[\widehat{b^2}] = \|\mathbb E\hat g - g^\star\|^2` exactly, so the ``rel_bias`` interval
-    covers 0 for an unbiased estimator; ``rel_error`` cannot fall below the noise floor
-    :math:`\sqrt{\operatorname{tr}\hat\Sigma / R} / \|g^\star\|`. Intervals: bootstrap percentiles over the
-    repeats (``bootstrap`` resamples). ``rel_variance`` is :math:`\operatorname{tr}\hat\Sigma / \|g^\star\|^2`
-    (one estimate); ``z_max`` the largest per-coordinate :math:`|\bar g_i - g^\star_i| / \text{se}_i`.
-
-    Args:
-        samples: ``[R, P]``.
-        reference: ``[P]`` exact value.
-        limit: Optional ``[P]`` exact :math:`N \to \infty` limit of the estimator (reported as ``limit_rel_bias``).
-        bootstrap: Number of bootstrap resamples.
-        confidence: Interval level.
-        seed: Bootstrap seed.
-
-    Returns:
-        A JSON-safe dict of floats and ``[lo, hi]`` pairs.
-    """
-    if not isinstance(samples, Tensor) or samples.dim() != 2 or samples.shape[0] < 2:
-        raise ValueError(f"samples must be a [R, P] tensor with R >= 2, got {getattr(samples, 'shape', samples)}")
-    if not isinstance(reference, Tensor) or reference.shape != samples.shape[1:]:
-        raise ValueError(f"reference must have shape [P] = {list(samples.shape[1:])}, got {reference!r}")
-    check_int("bootstrap", bootstrap, low=10)
-    check_real("confidence", confidence, low=0.0, high=1.0, low_open=True, high_open=True)
-    x, ref = samples.double(), reference.double()
-    r = x.shape[0]
-    ref_norm = float(ref.norm())
-
-    def stats(mean: Tensor, second: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        # mean: [k, P]; second: [k] mean squared norms; returns |mean - ref|^2, cosine, b2, trace of the covariance
-        tr = (second - (mean**2).sum(-1)) * r / (r - 1)
-        diff2 = ((mean - ref) ** 2).sum(-1)
-        cos = (mean @ ref) / (mean.norm(dim=-1) * ref_norm).clamp_min(1e-300)
-        return diff2, cos, diff2 - tr / r, tr
-
-    def rel(b2: Tensor | float) -> float:
-        b2 = float(b2)
-        return math.copysign(math.sqrt(abs(b2)), b2) / ref_norm
-
-    sq = (x**2).sum(-1)
-    diff2, cos, b2, tr = (v[0] for v in stats(x.mean(0, keepdim=True), sq.mean().reshape(1)))
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, r, (bootstrap, r), generator=gen)
-    weights = torch.zeros(bootstrap, r, dtype=F64).scatter_add_(1, idx, torch.ones(bootstrap, r, dtype=F64)) / r
-    b_diff2, b_cos, b_b2, _ = stats(weights @ x, weights @ sq)
-    # b2 is unbiased, but a resample's b2* is centred on the plug-in |mean - ref|^2, not on b2: use the basic
-    # bootstrap interval b2 - (quantiles of b2* - |mean - ref|^2), then map its ends through rel().
-    lo, hi = _interval(b_b2 - diff2, confidence)
-    b2_ci = (rel(b2 - hi), rel(b2 - lo))
-    se = x.std(0) / math.sqrt(r)
-    z = ((x.mean(0) - ref).abs() / se.clamp_min(1e-300))[se > 0]
-    out = {
-        "repeats": r,
-        "rel_error": float(diff2.sqrt()) / ref_norm, "rel_error_ci": _interval(b_diff2.sqrt() / ref_norm, confidence),
-        "cosine": float(cos), "cosine_ci": _interval(b_cos, confidence),
-        "rel_bias": rel(b2), "rel_bias_ci": b2_ci,
-        "noise_floor": math.sqrt(max(float(tr), 0.0) / r) / ref_norm,
-        "rel_variance": float(tr) / ref_norm**2,
-        "z_max": float(z.max()) if z.numel() else 0.0,
-        "reference_norm": ref_norm,
-    }
-    if limit is not None:
-        out["limit_rel_bias"] = float((limit.double() - ref).norm()) / ref_norm
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ the study
-def run_estimator_study(
-    problem: EstimatorProblem,
-    *,
-    estimators: Sequence[str] = ("surrogate", "lvc", "dice"),
-    sizes: Sequence[int] = (10, 100, 1000, 10000),
-    repeats: int = 100,
-    engine: str = "func",
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-    samples_out: dict[str, Tensor] | None = None,
-) -> dict[str, Any]:
-    r"""Bias and variance of each estimator's sampled MAML meta-gradient at each :math:`N`.
-
-    For each :math:`N` in ``sizes``: ``repeats`` rollouts of :math:`N` trajectories per task (shared by the
-    estimators), one inner step per estimator through :func:`metaopt.engines.adapt`, the exact outer
-    meta-gradient, then :func:`summarize` against the exact :math:`g^\star` (with each estimator's exact
-    :math:`N \to \infty` limit alongside).
-
-    Args:
-        problem: The problem (:func:`make_problem`).
-        estimators: Estimator names.
-        sizes: Numbers :math:`N` of inner trajectories per task.
-        repeats: :math:`R` per :math:`N`.
-        engine: ``"func"``, ``"higher"`` or ``"torchopt"``.
-        bootstrap: Bootstrap resamples for the intervals.
-        confidence: Interval level.
-        seed: Base seed (size :math:`N` uses ``seed + N``).
-        log: Optional progress printer.
-        samples_out: Optional dict that receives the raw samples (``"{estimator}/{N}"`` -> ``[R, P]``) and the
-            references (``"exact"``, ``"limit/{estimator}"``), e.g. to save with ``torch.save``.
-
-    Returns:
-        A JSON-safe dict: the settings, the exact references and one row per (estimator, :math:`N`).
-    """
-    for n in sizes:
-        check_int("sizes", n, low=1)
-    reference = problem.exact_meta_gradient(None)
-    limits = {e: problem.exact_meta_gradient(None if e == "dice" else e) for e in estimators}
-    rows = []
-    if samples_out is not None:
-        samples_out["exact"] = reference
-        samples_out.update({f"limit/{e}": v for e, v in limits.items()})
-    for n in sizes:
-        samples, rollout_s = sample_meta_gradients(problem, estimators, n, repeats, engine=engine, seed=seed + n)
-        for e in estimators:
-            s = samples[e]
-            if samples_out is not None:
-                samples_out[f"{e}/{n}"] = s.meta_gradients
-                samples_out[f"{e}/{n}/linearized"] = s.linearized
-            row = {"estimator": e, "N": n, **summarize(s.meta_gradients, reference, limit=limits[e],
-                                                        bootstrap=bootstrap, confidence=confidence, seed=seed)}
-            lin = summarize(s.linearized, reference, bootstrap=bootstrap, confidence=confidence, seed=seed)
-            row["linearized"] = {k: lin[k] for k in ("rel_bias", "rel_bias_ci", "rel_variance", "z_max")}
-            row["seconds_per_repeat"] = s.seconds / repeats
-            row["rollout_seconds_per_repeat"] = rollout_s / repeats
-            rows.append(row)
-            if log is not None:
-                lo, hi = row["linearized"]["rel_bias_ci"]
-                log(f"N={n:>6} {e:<9} rel_bias={row['rel_bias']:+.4f} [{row['rel_bias_ci'][0]:+.4f}, "
-                    f"{row['rel_bias_ci'][1]:+.4f}]  linearized={row['linearized']['rel_bias']:+.4f} [{lo:+.4f}, "
-                    f"{hi:+.4f}]  cos={row['cosine']:.4f}  rel_var={row['rel_variance']:.3g}  "
-                    f"{row['seconds_per_repeat'] * 1e3:.1f} ms/repeat")
-    return {
-        "settings": {
-            "policy": type(problem.model).__name__,
-            "num_parameters": sum(p.numel() for p in problem.model.parameters()),
-            "num_tasks": problem.tasks.num_tasks, "num_states": problem.num_states,
-            "num_actions": problem.tasks.num_actions, "horizon": problem.horizon, "lr": problem.lr,
-            "gamma": problem.gamma, "lam": problem.lam, "reduction": problem.reduction, "kappa": problem.kappa,
-            "baseline": problem.baseline, "engine": engine, "repeats": repeats, "sizes": list(sizes),
-            "bootstrap": bootstrap, "confidence": confidence, "seed": seed,
-        },
-        "exact": {
-            "meta_gradient_norm": float(reference.norm()),
-            "limit_rel_bias": {e: float((limits[e] - reference).norm() / reference.norm()) for e in estimators},
-        },
-        "rows": rows,
-    }
-
-
 # ------------------------------------------------------------------------------------------------ catalogue rows
-#: Settings of the fast ``metaopt verify`` rows: a tabular policy on one small task.
-CHECK_SETTINGS = {"num_states": 4, "num_actions": 3, "horizon": 5, "lr": 2.0, "trajectories": 2000, "repeats": 60,
-                  "z": 4.0}
+class CheckSettings(NamedTuple):
+    r"""Settings of the fast ``metaopt verify`` rows (:func:`check_estimators`): a tabular policy on two small tasks.
+
+    Attributes:
+        num_states: :math:`S`.
+        num_actions: :math:`A`.
+        horizon: :math:`T`.
+        lr: Inner SGD rate :math:`\alpha`.
+        trajectories: :math:`N` inner trajectories per task.
+        repeats: :math:`R`.
+        z: Width of the pass band in standard errors.
+    """
+
+    num_states: int = 4
+    num_actions: int = 3
+    horizon: int = 5
+    lr: float = 2.0
+    trajectories: int = 2000
+    repeats: int = 60
+    z: float = 4.0
+
+
+#: The settings :func:`check_estimators` runs with.
+CHECK_SETTINGS = CheckSettings()
 
 
 def check_estimators(engines: Sequence[str]) -> list[CheckResult]:
@@ -567,19 +415,19 @@ def check_estimators(engines: Sequence[str]) -> list[CheckResult]:
     from metaopt.verify._rows import CheckResult, _row
 
     cfg = CHECK_SETTINGS
-    name, z = "estimators", cfg["z"]
+    name, z = "estimators", cfg.z
     with torch.random.fork_rng(devices=[]):
-        problem = make_problem(policy="tabular", num_tasks=2, num_states=cfg["num_states"],
-                               num_actions=cfg["num_actions"], horizon=cfg["horizon"], lr=cfg["lr"], seed=3)
+        problem = make_problem(policy="tabular", num_tasks=2, num_states=cfg.num_states,
+                               num_actions=cfg.num_actions, horizon=cfg.horizon, lr=cfg.lr, seed=3)
     exact_g = problem.exact_meta_gradient(None)
     limits = {e: problem.exact_meta_gradient(e) for e in ("surrogate", "lvc")}
     exact_steps = problem.exact_inner_steps()
-    note = (f"N={cfg['trajectories']} trajectories/task, R={cfg['repeats']} repeats, tabular S={cfg['num_states']} "
-            f"A={cfg['num_actions']} T={cfg['horizon']}, lr={cfg['lr']}; tolerance = {z:g}*||SE||/||reference||")
+    note = (f"N={cfg.trajectories} trajectories/task, R={cfg.repeats} repeats, tabular S={cfg.num_states} "
+            f"A={cfg.num_actions} T={cfg.horizon}, lr={cfg.lr}; tolerance = {z:g}*||SE||/||reference||")
     rows: list[CheckResult] = []
     for engine in engines:
-        samples, _ = sample_meta_gradients(problem, ("surrogate", "lvc", "dice"), cfg["trajectories"],
-                                           cfg["repeats"], engine=engine, seed=11)
+        samples, _ = sample_meta_gradients(problem, ("surrogate", "lvc", "dice"), cfg.trajectories, cfg.repeats,
+                                           engine=engine, seed=11)
 
         def within(quantity: str, x: Tensor, ref: Tensor, _engine: str = engine) -> CheckResult:
             se = float((x.std(0) / math.sqrt(x.shape[0])).norm())

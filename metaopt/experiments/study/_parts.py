@@ -1,0 +1,119 @@
+"""The study's settings and its parts: which runs each part trains.
+
+* ``meta-lr`` -- the outer learning rate of the log-space meta-parameters (``log_lr``, ``logit_beta``): PopArt-MAML
+  with learned ``lr`` and ``beta`` on the scaled TabularMDP at each value of ``meta_lrs``;
+* ``scale`` -- the headline: plain MAML with its inner lr swept over ``lrs`` at each ``K`` in ``baseline_steps`` (the
+  tuned baseline), plain MAML with a learned lr, and PopArt-MAML with learned ``lr`` and ``beta`` (no sweep), trained
+  on the scaled TabularMDP (``c = 10^U(-2, 3)``) and evaluated at each fixed scale ``c`` in ``scales``;
+* ``interior`` -- a regime with few episodes per inner step (``interior_trajectories``), unscaled: plain MAML's lr
+  sweep and a learned lr;
+* ``beta`` -- the multi-step regime (``beta_steps`` inner steps, each on fresh episodes), scaled: PopArt-MAML with
+  ``beta`` fixed at each of ``betas`` against a learned ``beta`` (``lr`` learned in every run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from metaopt.experiments.study._runs import RunSpec
+
+__all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
+
+PARTS = ("meta-lr", "scale", "interior", "beta")
+
+
+@dataclass
+class StudySettings:
+    """Settings of ``metaopt study``.
+
+    Attributes:
+        parts: Parts to run (comma list): meta-lr, scale, interior, beta.
+        seeds: Seeds per configuration (the intervals are over seeds).
+        iterations: Meta-iterations per run.
+        tasks: Tasks per meta-iteration.
+        trajectories: Episodes per task in each inner step and in the outer batch.
+        inner_steps: Inner steps K of PopArt-MAML in the meta-lr and scale parts (the recommended configuration's).
+        baseline_steps: Inner steps K of the plain-MAML sweeps in the scale part (the baseline gets its best K).
+        lrs: Plain MAML's fixed inner learning rates (the swept baseline).
+        scales: Reward scales c at which the scale and beta parts evaluate.
+        meta_lrs: Outer learning rates of log_lr and logit_beta compared in the meta-lr part.
+        meta_lr_seeds: Seeds per value in the meta-lr part.
+        interior_trajectories: Episodes per inner step in the interior part.
+        interior_lrs: Plain MAML's fixed inner learning rates in the interior part.
+        betas: Fixed PopArt step sizes compared with a learned beta in the beta part.
+        beta_steps: Inner steps K of the beta part.
+        eval_tasks: Fixed test tasks (the same for every run).
+        eval_repeats: Adaptations per test task in the evaluation (averaged).
+        workers: Runs trained in parallel (one process each, one torch thread each).
+        out: Output directory (results of finished runs are kept there and not repeated).
+        quick: A tiny budget for a smoke test (a few iterations, two seeds, short sweeps).
+    """
+
+    parts: tuple[str, ...] = field(default=PARTS, metadata={"choices": PARTS})
+    seeds: int = 5
+    iterations: int = 500
+    tasks: int = 40
+    trajectories: int = 20
+    inner_steps: int = 2
+    baseline_steps: tuple[int, ...] = (1, 2)
+    lrs: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+    scales: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    meta_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+    meta_lr_seeds: int = 3
+    interior_trajectories: int = 2
+    interior_lrs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
+    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 0.6, 0.9)
+    beta_steps: int = 3
+    eval_tasks: int = 40
+    eval_repeats: int = 4
+    workers: int = 2
+    out: str = "runs/study"
+    quick: bool = False
+
+
+#: ``--quick``: what changes for a smoke test.
+QUICK: dict[str, Any] = {
+    "baseline_steps": (1,), "seeds": 2, "iterations": 3, "tasks": 4, "trajectories": 4, "lrs": (0.1, 10.0),
+    "scales": (0.01, 100.0), "meta_lrs": (0.03,), "meta_lr_seeds": 1, "interior_lrs": (1.0, 10.0), "betas": (0.1,),
+    "eval_tasks": 4, "eval_repeats": 1, "workers": 1,
+}
+
+
+def build_runs(s: StudySettings) -> list[RunSpec]:
+    """Every run of the selected parts, in a fixed order."""
+    base = {"tasks": s.tasks, "trajectories": s.trajectories, "iterations": s.iterations, "eval_every": 0,
+            "eval_tasks": 1}
+    scaled = base | {"scaled": True}
+    popart = {"popart": True, "learn": ("lr", "beta")}
+    runs: list[RunSpec] = []
+
+    def add(part: str, method: str, value: float | None, config: dict[str, Any], scales: tuple[float, ...],
+            seeds: int, **kw: Any) -> None:
+        for seed in range(seeds):
+            runs.append(RunSpec(part, method, value, seed, config | {"seed": seed}, scales, s.eval_tasks,
+                                eval_repeats=s.eval_repeats, **kw))
+
+    if "meta-lr" in s.parts:
+        for m in s.meta_lrs:
+            add("meta-lr", "popart-maml", m, scaled | popart | {"inner_steps": s.inner_steps, "meta_lr": m},
+                s.scales, s.meta_lr_seeds)
+    if "scale" in s.parts:
+        k = {"inner_steps": s.inner_steps}
+        for steps in s.baseline_steps:
+            for lr in s.lrs:
+                add("scale", f"maml-K{steps}", lr, scaled | {"inner_steps": steps, "inner_lr": lr}, s.scales, s.seeds)
+        add("scale", "maml-learned-lr", None, scaled | k | {"learn": ("lr",)}, s.scales, s.seeds)
+        add("scale", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+    if "interior" in s.parts:
+        few = base | {"trajectories": s.interior_trajectories, "inner_steps": 1}
+        for lr in s.interior_lrs:
+            add("interior", "maml", lr, few | {"inner_lr": lr}, (1.0,), s.seeds)
+        add("interior", "maml-learned-lr", None, few | {"learn": ("lr",)}, (1.0,), s.seeds)
+    if "beta" in s.parts:
+        k = {"inner_steps": s.beta_steps}
+        for b in s.betas:
+            add("beta", "popart-maml-fixed-beta", b, scaled | k | {"popart": True, "learn": ("lr",), "beta": b},
+                s.scales, s.seeds)
+        add("beta", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+    return runs

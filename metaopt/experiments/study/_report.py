@@ -1,0 +1,194 @@
+"""Aggregate the study's runs: tables, the targets of the issue (met or not, with the numbers), plots."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from metaopt.artifacts import save_figure
+from metaopt.experiments.study._runs import t_interval
+
+__all__ = ["aggregate", "targets", "markdown", "plot"]
+
+
+def _fmt(m: float, h: float, digits: int = 3) -> str:
+    return f"{m:+.{digits}f}" if math.isnan(h) else f"{m:+.{digits}f} ± {h:.{digits}f}"
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group runs by (part, method, value): means and 95% intervals over seeds, per scale and overall."""
+    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["part"], r["method"], r["value"])].append(r)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (part, method, value), runs in groups.items():
+        ok = [r for r in runs if r["gain_by_scale"] is not None]
+        row: dict[str, Any] = {"part": part, "method": method, "value": value, "seeds": len(runs), "ok": len(ok),
+                               "failures": [r["status"] for r in runs if r["gain_by_scale"] is None],
+                               "scales": runs[0]["scales"], "wall_s": sum(r["wall_s"] for r in runs)}
+        if ok:
+            row["mean_gain"] = t_interval([r["mean_gain"] for r in ok])
+            row["worst_gain"] = t_interval([r["worst_gain"] for r in ok])
+            row["by_scale"] = [t_interval([r["gain_by_scale"][i] for r in ok]) for i in range(len(row["scales"]))]
+            row["lr"] = [r["final"]["lr"] for r in ok]
+            row["beta"] = [r["final"]["beta"] for r in ok]
+        out[part].append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r["method"], -math.inf if r["value"] is None else r["value"]))
+    return dict(out)
+
+
+def _best(rows: list[dict[str, Any]], method: str, key: str = "mean_gain") -> dict[str, Any] | None:
+    """The best row of ``method`` (a prefix ending in ``*`` matches several methods, e.g. ``maml-K*``)."""
+    cands = [r for r in rows if (r["method"].startswith(method[:-1]) if method.endswith("*") else
+                                 r["method"] == method) and r.get(key)]
+    return max(cands, key=lambda r: r[key][0], default=None)
+
+
+def _one(rows: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["method"] == method and r.get("mean_gain")), None)
+
+
+def targets(agg: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with ``met`` (True/False) and the numbers behind the verdict."""
+    out = []
+    rows = agg.get("scale", [])
+    pop, best_mean, best_worst = _one(rows, "popart-maml"), _best(rows, "maml-K*"), _best(rows, "maml-K*",
+                                                                                           "worst_gain")
+    if pop and best_mean and best_worst:
+        (pm, ph), (bm, bh) = pop["mean_gain"], best_mean["mean_gain"]
+        out.append({"target": "PopArt-MAML (learned lr, beta) >= best swept plain MAML on mean normalized gain",
+                    "met": pm >= bm, "detail": f"PopArt-MAML {_fmt(pm, ph)} vs plain MAML ({best_mean['method']}) at "
+                    f"lr {best_mean['value']:g} {_fmt(bm, bh)}"})
+        (pw, pwh), (bw, bwh) = pop["worst_gain"], best_worst["worst_gain"]
+        separated = pw - pwh > bw + bwh
+        out.append({"target": "PopArt-MAML better on worst-c gain, non-overlapping 95% intervals",
+                    "met": pw > bw and separated, "detail": f"PopArt-MAML {_fmt(pw, pwh)} vs best plain MAML "
+                    f"({best_worst['method']}, lr {best_worst['value']:g}) {_fmt(bw, bwh)}"})
+    rows = agg.get("interior", [])
+    best, learned = _best(rows, "maml"), _one(rows, "maml-learned-lr")
+    if best and learned:
+        sweep = sorted((r["value"], r["mean_gain"][0]) for r in rows if r["method"] == "maml" and r.get("mean_gain"))
+        interior = sweep[0][0] < best["value"] < sweep[-1][0]
+        geo = math.exp(statistics.fmean(math.log(x) for x in learned["lr"]))
+        ratio = max(geo / best["value"], best["value"] / geo)
+        out.append({"target": "interior optimum: the plain-MAML lr sweep peaks inside the range", "met": interior,
+                    "detail": "gain by lr: " + ", ".join(f"{lr:g}: {g:+.3f}" for lr, g in sweep)})
+        out.append({"target": "learned lr within 2x of the sweep's best lr", "met": ratio <= 2.0,
+                    "detail": f"learned lr {geo:.3g} (geometric mean over seeds, from 0.1) vs best swept "
+                    f"{best['value']:g} (factor {ratio:.2f}); learned gain {_fmt(*learned['mean_gain'])}, best "
+                    f"swept {_fmt(*best['mean_gain'])}"})
+    rows = agg.get("beta", [])
+    learned, best = _one(rows, "popart-maml"), _best(rows, "popart-maml-fixed-beta")
+    if learned and best:
+        fixed = [r["mean_gain"][0] for r in rows if r["method"] == "popart-maml-fixed-beta" and r.get("mean_gain")]
+        lm, lh = learned["mean_gain"]
+        bm, bh = best["mean_gain"]
+        med = statistics.median(fixed)
+        out.append({"target": "learned beta >= median of the fixed-beta grid and within the interval of the best",
+                    "met": lm >= med and lm >= bm - bh,
+                    "detail": f"learned beta (ends {statistics.fmean(learned['beta']):.3g}) {_fmt(lm, lh)}; grid "
+                    f"median {med:+.3f}; best fixed beta {best['value']:g} {_fmt(bm, bh)}; spread of the grid's "
+                    f"means {max(fixed) - min(fixed):.3f}"})
+    return out
+
+
+def markdown(agg: dict[str, list[dict[str, Any]]], tgt: list[dict[str, Any]], wall_s: float, command: str) -> str:
+    """The report: one table per part, then the targets."""
+    lines = ["# metaopt study", "", f"Command: `{command}`", "",
+             f"Total training + evaluation time of the runs: {wall_s / 60:.1f} min (one thread per run).", "",
+             "Gains are scale-normalized exact adaptation gains (J(theta') - J(theta_0)) / c on fixed test tasks, "
+             "mean over seeds ± 95% t-interval.", ""]
+    for part, rows in agg.items():
+        scales = rows[0]["scales"]
+        lines += [f"## {part}", "", "| method | value | seeds ok | mean gain | worst-c gain | "
+                  + " | ".join(f"c={c:g}" for c in scales) + " | final lr | final beta |",
+                  "|---|---|---|---|---|" + "---|" * len(scales) + "---|---|"]
+        for r in rows:
+            value = "" if r["value"] is None else f"{r['value']:g}"
+            if not r.get("mean_gain"):
+                lines.append(f"| {r['method']} | {value} | 0/{r['seeds']} | failed: {r['failures'][:1]} |")
+                continue
+            per = " | ".join(_fmt(m, h) for m, h in r["by_scale"])
+            lr = statistics.fmean(r["lr"])
+            beta = statistics.fmean(r["beta"])
+            lines.append(f"| {r['method']} | {value} | {r['ok']}/{r['seeds']} | {_fmt(*r['mean_gain'])} | "
+                         f"{_fmt(*r['worst_gain'])} | {per} | {lr:.3g} | {beta:.3g} |")
+        lines.append("")
+    if tgt:
+        lines += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'not met'}** -- {t['target']}: {t['detail']}"
+                                        for t in tgt] + [""]
+    return "\n".join(lines)
+
+
+def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
+    """``study_scale.png`` (gain vs c; plain MAML's lr sweep), ``study_interior.png``, ``study_beta.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if "scale" in agg:
+        rows = agg["scale"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+        best = _best(rows, "maml-K*")
+        for r in rows:
+            if not r.get("by_scale"):
+                continue
+            label = r["method"] + ("" if r["value"] is None else f" lr={r['value']:g}")
+            swept = r["method"].startswith("maml-K")
+            style = {"lw": 2.5} if not swept or r is best else {"lw": 0.8, "alpha": 0.4}
+            m = [x for x, _ in r["by_scale"]]
+            h = [0.0 if math.isnan(y) else y for _, y in r["by_scale"]]
+            a1.errorbar(r["scales"], m, yerr=h, label=label if not swept or r is best else None, capsize=3, **style)
+        a1.set_xscale("log")
+        a1.set_xlabel("reward scale c")
+        a1.set_ylabel("gain / c (exact)")
+        a1.set_title("adaptation gain per scale (thin: other swept lrs)")
+        a1.legend(fontsize=8)
+        for key, color in (("mean_gain", "tab:blue"), ("worst_gain", "tab:red")):
+            for method, marker in sorted({(r["method"], "o" if r["method"].endswith("1") else "s") for r in rows
+                                          if r["method"].startswith("maml-K")}):
+                sweep = [r for r in rows if r["method"] == method and r.get("mean_gain")]
+                a2.errorbar([r["value"] for r in sweep], [r[key][0] for r in sweep], marker=marker,
+                            yerr=[0 if math.isnan(r[key][1]) else r[key][1] for r in sweep], color=color, capsize=3,
+                            label=f"plain {method}, {key.replace('_', ' ')}")
+            for method, ls in (("popart-maml", "--"), ("maml-learned-lr", ":")):
+                one = _one(rows, method)
+                if one:
+                    a2.axhline(one[key][0], color=color, ls=ls, label=f"{method}, {key.replace('_', ' ')}")
+        a2.set_xscale("log")
+        a2.set_xlabel("plain MAML's fixed inner lr")
+        a2.set_ylabel("gain / c")
+        a2.set_title("the tuned baseline")
+        a2.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out / "study_scale.png"))
+    for part, method, learned, xlabel in (("interior", "maml", "maml-learned-lr", "fixed inner lr"),
+                                         ("beta", "popart-maml-fixed-beta", "popart-maml", "fixed beta")):
+        rows = agg.get(part, [])
+        sweep = [r for r in rows if r["method"] == method and r.get("mean_gain")]
+        if not sweep:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.errorbar([r["value"] for r in sweep], [r["mean_gain"][0] for r in sweep],
+                    yerr=[0 if math.isnan(r["mean_gain"][1]) else r["mean_gain"][1] for r in sweep], capsize=3,
+                    marker="o", label=f"{method} (fixed)")
+        one = _one(rows, learned)
+        if one:
+            x = statistics.fmean(one["lr" if part == "interior" else "beta"])
+            ax.errorbar([x], [one["mean_gain"][0]], yerr=[0 if math.isnan(one["mean_gain"][1]) else
+                                                          one["mean_gain"][1]], marker="*", ms=14, color="tab:red",
+                        capsize=3, label=f"{learned} (learned; x = final value)")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean gain / c (exact)")
+        ax.set_title(f"{part} part")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out / f"study_{part}.png"))
+    return paths

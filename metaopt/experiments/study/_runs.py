@@ -1,0 +1,155 @@
+r"""One run of the study: meta-train a configuration, then measure its adaptation gain exactly.
+
+The gain of a trained ``theta_0`` on a task is :math:`J(\theta') - J(\theta_0)`, with :math:`J` the *exact*
+expected (undiscounted) return of :mod:`metaopt.exact` and :math:`\theta'` the weights after the configured
+inner loop on sampled episodes (the adaptation is stochastic, as when the model is used; its randomness is
+averaged over ``eval_repeats`` draws). Exact returns remove the Monte-Carlo noise of measuring returns by
+rollouts, so the intervals across seeds show the spread of meta-training, not of the measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaopt.artifacts import write_json
+from metaopt.envs import TaskBatch, sample_tasks
+from metaopt.exact import expected_return, policy_logits
+from metaopt.maml import MAMLConfig, MetaLearner
+
+__all__ = ["RunSpec", "exact_gains", "execute", "t_interval", "TEST_SEED"]
+
+#: Seed of the fixed test tasks (the same base tasks for every method, seed and scale).
+TEST_SEED = 2_024_1123
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study.
+
+    Attributes:
+        part: The study part it belongs to.
+        method: Method label (one line in the report).
+        value: The swept value of the method's parameter (or ``None``).
+        seed: Seed of the run.
+        config: :class:`MAMLConfig` fields of the run.
+        scales: Reward scales ``c`` at which the trained model is evaluated.
+        eval_tasks: Number of fixed test tasks.
+        eval_trajectories: Episodes per inner step of the evaluation's adaptation (default: the training's).
+        eval_repeats: Adaptations per test task (averaged).
+    """
+
+    part: str
+    method: str
+    value: float | None
+    seed: int
+    config: dict[str, Any] = field(hash=False)
+    scales: tuple[float, ...] = (1.0,)
+    eval_tasks: int = 40
+    eval_trajectories: int | None = None
+    eval_repeats: int = 4
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identifier (the cache key of the run's result)."""
+        value = "" if self.value is None else f"_{self.value:g}"
+        return f"{self.part}__{self.method}{value}__s{self.seed}".replace(" ", "-").replace("/", "-")
+
+
+def _scaled(base: TaskBatch, c: float) -> TaskBatch:
+    return TaskBatch(base.transitions, base.reward_means, torch.full_like(base.scales, c))
+
+
+@torch.no_grad()
+def _returns(learner: MetaLearner, tasks: TaskBatch, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    s, t64 = learner.cfg.num_states, tasks.to(dtype=torch.float64)
+    if params is None:
+        logits = policy_logits(learner.model, num_states=s).to(torch.float64)
+    else:
+        logits = torch.func.vmap(lambda p: policy_logits(learner.model, p, num_states=s))(params).to(torch.float64)
+    return expected_return(t64, logits, horizon=learner.cfg.horizon)
+
+
+def exact_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float, ...], *, trajectories: int,
+                repeats: int, seed: int) -> torch.Tensor:
+    """Scale-normalized exact gains ``(J(theta') - J(theta_0)) / c``, ``[len(scales), tasks]``, mean over repeats.
+
+    All scales' tasks adapt in one vectorized batch (``func`` engine) with common random numbers per repeat.
+    """
+    tasks = TaskBatch(*(torch.cat([getattr(_scaled(base, c), f) for c in scales]) for f in TaskBatch._fields))
+    c = tasks.scales.to(torch.float64)
+    pre = _returns(learner, tasks, None)
+    total = torch.zeros_like(pre)
+    for rep in range(repeats):
+        gen = torch.Generator(device=learner.cfg.torch_device).manual_seed(seed * 1009 + rep)
+        noise = tuple(learner._noise(tasks.num_tasks, trajectories, gen) for _ in range(learner.cfg.num_inner_steps))
+        r = learner.adapt_and_rollout(tasks, noise, None, "func")
+        total += _returns(learner, tasks, {k: v.detach() for k, v in r.adapted.items()}) - pre
+    return (total / repeats / c).view(len(scales), base.num_tasks)
+
+
+def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
+    """Train ``spec``'s configuration, evaluate it, and (with ``out``) cache the result as ``out/<key>.json``.
+
+    A run whose result file exists is not repeated (the study resumes at run granularity).
+    """
+    path = None if out is None else out / f"{spec.key}.json"
+    if path is not None and path.is_file():
+        return dict(json.loads(path.read_text()))
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    cfg = MAMLConfig(**spec.config).validate()
+    learner = MetaLearner(cfg)
+    curve = []
+    status = "completed"
+    try:
+        for i in range(cfg.iterations):
+            row = learner.step()
+            if (i + 1) % max(1, cfg.iterations // 10) == 0:
+                curve.append({k: row[k] for k in ("iteration", "train_pre_return", "train_post_return", "lr",
+                                                  "beta")})
+    except Exception as err:  # a diverged run is a result (reported), not a crash of the study
+        status = f"failed at iteration {learner.iteration + 1}: {type(err).__name__}: {str(err)[:200]}"
+    train_s = time.perf_counter() - t0
+    base = sample_tasks(spec.eval_tasks, num_states=cfg.num_states, num_actions=cfg.num_actions, seed=TEST_SEED)
+    gains: list[list[float]] | None = None
+    if status == "completed":
+        g = exact_gains(learner, base, spec.scales, trajectories=spec.eval_trajectories or cfg.trajectories,
+                        repeats=spec.eval_repeats, seed=spec.seed)
+        gains = g.tolist() if bool(torch.isfinite(g).all()) else None
+        status = status if gains is not None else "non-finite evaluation"
+    by_scale = None if gains is None else [sum(row) / len(row) for row in gains]
+    result: dict[str, Any] = {
+        "key": spec.key, "part": spec.part, "method": spec.method, "value": spec.value, "seed": spec.seed,
+        "status": status, "scales": list(spec.scales), "config": cfg.to_dict(),
+        "gain_by_scale": by_scale,
+        "gain_per_task": gains, "final": learner.meta.summary(), "curve": curve,
+        "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
+    }
+    if by_scale is not None:
+        result["mean_gain"] = sum(by_scale) / len(by_scale)
+        result["worst_gain"] = min(by_scale)
+    if path is not None:
+        write_json(path, result)
+    return result
+
+
+#: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(xs: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t confidence interval (``nan`` half-width for one value)."""
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
