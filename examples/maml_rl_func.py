@@ -92,6 +92,12 @@ def a2c_terms(net: Callable, batch: Batch, state: popart.PopArtState, args: Args
     return g, -(adv * logp).mean(), (err**2).mean()
 
 
+def mc_returns(batch: Batch, args: Args) -> Tensor:
+    """Monte-Carlo returns: the first ART targets of fresh statistics, before the value head's output has a unit."""
+    zero = torch.zeros_like(batch["rewards"])
+    return lambda_returns(batch["rewards"], zero, zero[0], batch["dones"], args.gamma, 1.0)
+
+
 def sample_iteration(gen: torch.Generator, args: Args) -> Data:
     """Tasks, then each inner step's and the post-adaptation rollout's random numbers, all from ``gen``."""
     tasks = sample_tasks(args.tasks, num_states=args.num_states, num_actions=args.num_actions, generator=gen)
@@ -121,7 +127,8 @@ def outer_terms(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: D
 
     def inner_step(k: int, params: dict[str, Tensor], batch: Batch, state: popart.PopArtState) -> tuple:
         """One task's inner step ``k``; ``vmap`` runs it for all tasks."""
-        new = popart.art(state, a2c_terms(net(params), batch, state, args)[0], beta, debias=True)  # metaopt: ART
+        y = a2c_terms(net(params), batch, state, args)[0] if k else mc_returns(batch, args)  # metaopt: ART's targets
+        new = popart.art(state, y, beta, debias=True)  # metaopt: ART
         if k > 0:  # metaopt: POP (output-preserving); at k = 0 theta_0's head is read as a normalized prediction
             w, b = popart.pop(params["value.weight"], params["value.bias"], state, new)
             params = params | {"value.weight": w, "value.bias": b}

@@ -26,6 +26,7 @@ from torch import Tensor
 from metaopt import popart
 from metaopt.dataclass_args import parse_dataclass
 from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
+from metaopt.integrations import pop_fmodel_
 from metaopt.rl import ActorCritic, lambda_returns, task_major
 
 Batch = dict[str, Tensor]
@@ -92,6 +93,12 @@ def a2c_terms(net: Callable, batch: Batch, state: popart.PopArtState, args: Args
     return g, -(adv * logp).mean(), (err**2).mean()
 
 
+def mc_returns(batch: Batch, args: Args) -> Tensor:
+    """Monte-Carlo returns: the first ART targets of fresh statistics, before the value head's output has a unit."""
+    zero = torch.zeros_like(batch["rewards"])
+    return lambda_returns(batch["rewards"], zero, zero[0], batch["dones"], args.gamma, 1.0)
+
+
 def sample_iteration(gen: torch.Generator, args: Args) -> Data:
     """Tasks, then each inner step's and the post-adaptation rollout's random numbers, all from ``gen``."""
     tasks = sample_tasks(args.tasks, num_states=args.num_states, num_actions=args.num_actions, generator=gen)
@@ -117,7 +124,6 @@ def outer_terms(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: D
     dtype = getattr(torch, args.dtype)
     lr, beta = log_lr.exp(), torch.sigmoid(logit_beta)  # metaopt: learnable inner lr and PopArt beta
     inner_opt = torch.optim.SGD(policy.parameters(), lr=args.inner_lr)  # its lr is overridden by `lr` below
-    names = [n for n, _ in policy.named_parameters()]
     sim = BatchedTabularMDP(tasks, args.horizon, dtype=dtype)
     pre = sim.rollout(lambda obs: policy(obs)[0], noise_inner[0])  # step 0: every task rolls out theta_0
     pis, values, post_returns = [], [], []
@@ -130,12 +136,10 @@ def outer_terms(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: D
                     batch = one_task(pre.select(i))
                 else:  # fresh episodes of the current fast weights
                     batch = one_task(sim.select(i).rollout(lambda obs: fmodel(obs)[0], noise_inner[k].select(i)))
-                new = popart.art(state, a2c_terms(fmodel, batch, state, args)[0], beta, debias=True)  # metaopt: ART
+                y = a2c_terms(fmodel, batch, state, args)[0] if k else mc_returns(batch, args)  # metaopt: ART's targets
+                new = popart.art(state, y, beta, debias=True)  # metaopt: ART
                 if k > 0:  # metaopt: POP; at k = 0 theta_0's head is read as a normalized prediction
-                    fast = dict(zip(names, fmodel.fast_params, strict=True))
-                    w, b = popart.pop(fast["value.weight"], fast["value.bias"], state, new)
-                    fast["value.weight"], fast["value.bias"] = w, b
-                    fmodel.update_params(list(fast.values()))  # metaopt: continue from the rescaled value head
+                    pop_fmodel_(fmodel, "value.weight", "value.bias", state, new)  # metaopt: rescale the fast head
                 state = new
                 _, pi, value = a2c_terms(fmodel, batch, state, args)
                 diffopt.step(pi + args.value_coef * value)

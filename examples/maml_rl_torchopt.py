@@ -26,6 +26,7 @@ from torch import Tensor
 from metaopt import popart
 from metaopt.dataclass_args import parse_dataclass
 from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
+from metaopt.integrations import pop_module_
 from metaopt.rl import ActorCritic, lambda_returns, task_major
 
 Batch = dict[str, Tensor]
@@ -92,6 +93,12 @@ def a2c_terms(net: Callable, batch: Batch, state: popart.PopArtState, args: Args
     return g, -(adv * logp).mean(), (err**2).mean()
 
 
+def mc_returns(batch: Batch, args: Args) -> Tensor:
+    """Monte-Carlo returns: the first ART targets of fresh statistics, before the value head's output has a unit."""
+    zero = torch.zeros_like(batch["rewards"])
+    return lambda_returns(batch["rewards"], zero, zero[0], batch["dones"], args.gamma, 1.0)
+
+
 def sample_iteration(gen: torch.Generator, args: Args) -> Data:
     """Tasks, then each inner step's and the post-adaptation rollout's random numbers, all from ``gen``."""
     tasks = sample_tasks(args.tasks, num_states=args.num_states, num_actions=args.num_actions, generator=gen)
@@ -129,10 +136,10 @@ def outer_terms(policy: ActorCritic, log_lr: Tensor, logit_beta: Tensor, data: D
                 batch = one_task(pre.select(i))
             else:  # fresh episodes of the current fast weights
                 batch = one_task(sim.select(i).rollout(lambda obs: policy(obs)[0], noise_inner[k].select(i)))
-            new = popart.art(state, a2c_terms(policy, batch, state, args)[0], beta, debias=True)  # metaopt: ART
+            y = a2c_terms(policy, batch, state, args)[0] if k else mc_returns(batch, args)  # metaopt: ART's targets
+            new = popart.art(state, y, beta, debias=True)  # metaopt: ART
             if k > 0:  # metaopt: POP; at k = 0 theta_0's head is read as a normalized prediction
-                w, b = popart.pop(policy.value.weight, policy.value.bias, state, new)
-                policy.value._parameters["weight"], policy.value._parameters["bias"] = w, b  # metaopt: as MetaSGD does
+                pop_module_(policy, "value.weight", "value.bias", state, new)  # metaopt: rescale the fast head
             state = new
             _, pi, value = a2c_terms(policy, batch, state, args)
             inner_opt.step(pi + args.value_coef * value)

@@ -21,26 +21,50 @@ from typing import TYPE_CHECKING, Any
 from metaopt._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and documentation tools see; at run time the names load lazily
-    from metaopt import popart
-    from metaopt.engines import ENGINES, AdaptResult, InnerLoop, PopArtSpec, adapt, adapt_vmap
-    from metaopt.inner_optim import InnerOptimizer
+    from metaopt import estimators, exact, popart
+    from metaopt.engines import (
+        ENGINES,
+        AdaptResult,
+        InnerLoop,
+        NonFiniteTaskError,
+        PopArtSpec,
+        adapt,
+        adapt_tasks,
+        adapt_vmap,
+        map_tasks,
+        per_step,
+    )
+    from metaopt.inner_optim import InnerOptimizer, adam, sgd
+    from metaopt.integrations import pop_fmodel_, pop_module_
     from metaopt.meta_params import MetaParameters
     from metaopt.popart import PopArtHead, PopArtState
+    from metaopt.verify import check_gradients
 
 # Attributes load on first use (PEP 562), so `metaopt --help` does not pay for importing torch.
 # Keep this table, the TYPE_CHECKING imports above and __all__ in step (tests/test_package.py checks it).
 _LAZY: dict[str, tuple[str, str | None]] = {
     "popart": ("metaopt.popart", None),
+    "exact": ("metaopt.exact", None),
+    "estimators": ("metaopt.estimators", None),
     "ENGINES": ("metaopt.engines", "ENGINES"),
     "AdaptResult": ("metaopt.engines", "AdaptResult"),
     "InnerLoop": ("metaopt.engines", "InnerLoop"),
+    "NonFiniteTaskError": ("metaopt.engines", "NonFiniteTaskError"),
     "PopArtSpec": ("metaopt.engines", "PopArtSpec"),
     "adapt": ("metaopt.engines", "adapt"),
+    "adapt_tasks": ("metaopt.engines", "adapt_tasks"),
     "adapt_vmap": ("metaopt.engines", "adapt_vmap"),
+    "map_tasks": ("metaopt.engines", "map_tasks"),
+    "per_step": ("metaopt.engines", "per_step"),
     "InnerOptimizer": ("metaopt.inner_optim", "InnerOptimizer"),
+    "sgd": ("metaopt.inner_optim", "sgd"),
+    "adam": ("metaopt.inner_optim", "adam"),
+    "pop_module_": ("metaopt.integrations", "pop_module_"),
+    "pop_fmodel_": ("metaopt.integrations", "pop_fmodel_"),
     "MetaParameters": ("metaopt.meta_params", "MetaParameters"),
     "PopArtHead": ("metaopt.popart", "PopArtHead"),
     "PopArtState": ("metaopt.popart", "PopArtState"),
+    "check_gradients": ("metaopt.verify", "check_gradients"),
 }
 
 
@@ -64,11 +88,22 @@ __all__ = [
     "InnerLoop",
     "InnerOptimizer",
     "MetaParameters",
+    "NonFiniteTaskError",
     "PopArtHead",
     "PopArtSpec",
     "PopArtState",
     "__version__",
+    "adam",
     "adapt",
+    "adapt_tasks",
     "adapt_vmap",
+    "check_gradients",
+    "estimators",
+    "exact",
+    "map_tasks",
+    "per_step",
+    "pop_fmodel_",
+    "pop_module_",
     "popart",
+    "sgd",
 ]

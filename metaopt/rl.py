@@ -7,7 +7,7 @@ under ``torch.func.vmap`` over tasks.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,13 +51,18 @@ class ActorCritic(nn.Module):
         num_states: Observation size (one-hot states).
         num_actions: Number of discrete actions.
         hidden: Hidden width.
+        device: Device of the parameters (default: torch's default device).
+        dtype: Floating dtype of the parameters.
     """
 
-    def __init__(self, num_states: int = 10, num_actions: int = 5, hidden: int = 32) -> None:
+    def __init__(self, num_states: int = 10, num_actions: int = 5, hidden: int = 32, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(num_states, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.policy = nn.Linear(hidden, num_actions)
-        self.value = nn.Linear(hidden, 1)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.body = nn.Sequential(nn.Linear(num_states, hidden, **kw), nn.ReLU(), nn.Linear(hidden, hidden, **kw),
+                                  nn.ReLU())
+        self.policy = nn.Linear(hidden, num_actions, **kw)
+        self.value = nn.Linear(hidden, 1, **kw)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(logits [..., A], value [...])`` for observations ``[..., S]``."""
@@ -188,12 +193,22 @@ def _forward(model: nn.Module, params: Params, batch: Batch, *, values_only: boo
 def returns_targets(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig
 ) -> Tensor:
-    """Lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``."""
+    """ART's targets: lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``.
+
+    Statistics that have never been updated (``state.count == 0``: fresh per-task statistics) do not yet give the
+    value head's output any unit, so their first targets are the Monte-Carlo returns (``lambda = 1``, no
+    bootstrap): otherwise ``mu = 0, sigma = 1`` would read the initial head's raw output as a return and, for a
+    task with small rewards, the bootstrap would dominate the first scale estimate.
+    """
     with torch.no_grad():  # the bootstrap values are detached anyway: record no graph for them
         _, n, n_last = _forward(model, params, batch, values_only=True)
-    if state is not None:
-        n, n_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
-    return lambda_returns(batch["rewards"], n.detach(), n_last.detach(), batch["dones"], cfg.gamma, cfg.lam)
+    if state is None:
+        return lambda_returns(batch["rewards"], n, n_last, batch["dones"], cfg.gamma, cfg.lam)
+    v, v_last = pa.unnormalize(state, n).detach(), pa.unnormalize(state, n_last).detach()
+    bootstrapped = lambda_returns(batch["rewards"], v, v_last, batch["dones"], cfg.gamma, cfg.lam)
+    zero = torch.zeros_like(n_last)
+    monte_carlo = lambda_returns(batch["rewards"], torch.zeros_like(n), zero, batch["dones"], cfg.gamma, 1.0)
+    return torch.where(state.count == 0, monte_carlo, bootstrapped)
 
 
 class A2CTerms(NamedTuple):

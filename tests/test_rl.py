@@ -131,12 +131,18 @@ def test_inner_loop_popart_targets_are_lambda_returns():
     batch = make_batch(3, scale=100.0)
     inner = make_inner_loop(model, popart=True)
     params = dict(model.named_parameters())
-    state = pa.init(1, dtype=torch.float64)
+    fresh = pa.init(1, dtype=torch.float64)
+    state = pa.PopArtState(torch.tensor([3.0], dtype=torch.float64), torch.tensor([20.0], dtype=torch.float64),
+                           torch.ones(1, dtype=torch.float64))  # statistics after one update
     y = inner.popart.targets(params, batch, state)
     with torch.no_grad():
         _, n = model(batch["observations"])
         _, n_last = model(batch["last_observations"])
-    ref = loop_returns(batch["rewards"], n, n_last, batch["dones"], 0.99, 0.95)
+    ref = loop_returns(batch["rewards"], 20 * n + 3, 20 * n_last + 3, batch["dones"], 0.99, 0.95)
     assert torch.allclose(y, ref, atol=1e-10)
     assert torch.equal(returns_targets(model, params, batch, state, A2CConfig()), y)
+    # fresh statistics (count 0): Monte-Carlo returns, no bootstrap from the not-yet-meaningful value head
+    mc = loop_returns(batch["rewards"], 0 * n, 0 * n_last, batch["dones"], 0.99, 1.0)
+    assert torch.allclose(inner.popart.targets(params, batch, fresh), mc, atol=1e-10)
+    assert not torch.allclose(mc, loop_returns(batch["rewards"], n, n_last, batch["dones"], 0.99, 0.95), atol=1e-3)
     assert inner.popart.weight == "value.weight" and inner.popart.bias == "value.bias"

@@ -114,7 +114,8 @@ class MetaLearner:
             require(cfg.engine)  # fail now, with the install hint, not in the first iteration
         dt, dev = cfg.torch_dtype, cfg.torch_device
         torch.manual_seed(cfg.seed)
-        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden).to(dtype=dt, device=dev)
+        # Initialized on the CPU from the seeded global RNG (the same weights on every device), then moved.
+        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden, device="cpu").to(dtype=dt, device=dev)
         self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, dtype=dt, device=dev)
         self.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, cfg.popart_advantages,
                                   estimator=cfg.estimator)
