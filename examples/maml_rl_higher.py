@@ -53,7 +53,7 @@ class Args:
     """initial PopArt step size (learned as logit_beta)"""
     outer_lr: float = 1e-3
     """outer Adam learning rate of the policy's weights"""
-    meta_lr: float = 0.03
+    meta_lr: float = 0.01
     """outer Adam learning rate of log_lr and logit_beta"""
     gamma: float = 0.99
     """discount"""

@@ -50,7 +50,7 @@ def pop_module_(module: nn.Module, weight: str, bias: str, old: pa.PopArtState, 
     Returns:
         The new ``(weight, bias)`` tensors (now in the module).
     """
-    tensors = []
+    tensors: list[Tensor] = []
     for arg, name in (("weight", weight), ("bias", bias)):
         prefix, leaf = _split(name)
         try:
@@ -60,7 +60,9 @@ def pop_module_(module: nn.Module, weight: str, bias: str, old: pa.PopArtState, 
         if owner is None or owner._parameters.get(leaf) is None:
             names = [n for n, _ in module.named_parameters()]
             raise ValueError(f"{arg}={name!r} is not a parameter slot of the module; expected one of {names}")
-        tensors.append(owner._parameters[leaf])
+        slot = owner._parameters[leaf]
+        assert slot is not None
+        tensors.append(slot)
     w, b = pa.pop(tensors[0], tensors[1], old, new)
     set_module_tensor(module, weight, w)
     set_module_tensor(module, bias, b)

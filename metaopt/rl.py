@@ -7,6 +7,7 @@ under ``torch.func.vmap`` over tasks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -16,6 +17,7 @@ from torch.func import functional_call
 
 from metaopt import estimators
 from metaopt import popart as pa
+from metaopt._validation import check_bool, check_choice, check_real
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.envs import Trajectories
 from metaopt.inner_optim import InnerOptimizer, sgd
@@ -70,8 +72,9 @@ class ActorCritic(nn.Module):
         return self.policy(h), self.value(h).squeeze(-1)
 
 
-class A2CConfig(NamedTuple):
-    """A2C loss settings (TorchOpt's MAML-RL example values).
+@dataclass(frozen=True)
+class A2CConfig:
+    """A2C loss settings (TorchOpt's MAML-RL example values), validated at construction.
 
     Attributes:
         gamma: Discount.
@@ -92,6 +95,14 @@ class A2CConfig(NamedTuple):
     popart_advantages: bool = True
     policy_coef: float = 1.0
     estimator: str = "surrogate"
+
+    def __post_init__(self) -> None:
+        check_real("gamma", self.gamma, low=0.0, high=1.0)
+        check_real("lam", self.lam, low=0.0, high=1.0)
+        check_real("value_coef", self.value_coef, low=0.0)
+        check_bool("popart_advantages", self.popart_advantages)
+        check_real("policy_coef", self.policy_coef, low=0.0)
+        check_choice("estimator", self.estimator, tuple(estimators.ESTIMATORS))
 
 
 #: How the value error is scaled with PopArt (see :func:`a2c_terms`).

@@ -32,7 +32,7 @@ import torch
 from metaopt import distributed as dist_lib
 from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_text
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
-from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError
+from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
 
 __all__ = ["PRESETS", "CHECKPOINT", "ARTIFACTS", "add_arguments", "run", "train", "config_from_args",
            "TrainResult", "atomic_write", "save_checkpoint", "load_checkpoint", "format_summary", "main"]
@@ -179,11 +179,11 @@ def _distributed_step(learner: MetaLearner, comm: dist_lib.Communicator) -> dict
 
     def gradient_tasks() -> list[int]:  # every rank calls this (the reduced gradient is the same everywhere)
         mask = torch.zeros(sl.stop - sl.start, dtype=per_task.dtype, device=per_task.device)
-        for t in learner.nonfinite_gradient_tasks(data, sl) if local_bad else []:
+        for t in nonfinite_gradient_tasks(learner, data, sl) if local_bad else []:
             mask[t - sl.start] = 1.0
         return comm.gather_tasks(mask, n).nonzero().flatten().tolist()
 
-    learner.check_finite(per_task, mg.grads, gradient_tasks)
+    check_finite(learner, per_task, mg.grads, gradient_tasks)
     learner.apply(mg.grads)
     return learner.metrics(per_task, time.perf_counter() - t0)
 

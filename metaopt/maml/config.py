@@ -110,7 +110,7 @@ class MAMLConfig:
     scale_lo: float = -2.0
     scale_hi: float = 3.0
     outer_lr: float = 1e-3
-    meta_lr: float = 0.03
+    meta_lr: float = 0.01
     gamma: float = 0.99
     lam: float = 0.95
     value_coef: float = 0.5

@@ -19,7 +19,6 @@ separate, so a distributed loop can all-reduce the gradients between them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,22 +30,13 @@ from metaopt import popart as pa
 from metaopt.engines import NonFiniteTaskError, adapt_tasks, check_tasks, map_tasks, per_step, require
 from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
 from metaopt.inner_optim import InnerOptimizer
+from metaopt.maml.checks import PER_TASK, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import MAMLConfig
 from metaopt.meta_params import MetaParameters
 from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, task_major
 
-__all__ = ["MetaLearner", "NonFiniteError", "IterationData", "Rollouts", "MetaGradient", "PER_TASK"]
+__all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient"]
 
-#: Per-task quantities of an iteration, in the order of :attr:`MetaGradient.per_task`'s rows.
-PER_TASK = ("policy_loss", "value_loss", "pre_return", "post_return", "scales", "inner_ok")
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or meta-gradient became NaN/inf; carries the iteration and the offending tasks."""
-
-    def __init__(self, message: str, iteration: int, tasks: list[int]) -> None:
-        super().__init__(message)
-        self.iteration, self.tasks = iteration, tasks
 
 
 @dataclass
@@ -280,46 +270,6 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
 
-    def check_finite(self, per_task: Tensor, grads: list[Tensor], gradient_tasks: Callable[[], list[int]]) -> None:
-        """Raise :class:`NonFiniteError` naming the iteration and the tasks if a loss or the meta-gradient is bad.
-
-        Args:
-            per_task: ``[6, n]`` values of all the iteration's tasks (:data:`PER_TASK` rows).
-            grads: The (summed) meta-gradient.
-            gradient_tasks: Called only when a gradient is non-finite: which tasks caused it.
-        """
-        it, rows = self.iteration + 1, dict(zip(PER_TASK, per_task, strict=True))
-
-        def bad(x: Tensor) -> list[int]:
-            return (~torch.isfinite(x)).nonzero().flatten().tolist()
-
-        inner = (rows["inner_ok"] == 0).nonzero().flatten().tolist()
-        tasks = sorted(set(inner) | set(bad(rows["policy_loss"])) | set(bad(rows["value_loss"]))
-                       | set(bad(rows["pre_return"])) | set(bad(rows["post_return"])))
-        if tasks:
-            causes = [f"{what} of task(s) {ts}" for what, ts in (
-                ("non-finite rewards in the pre-adaptation rollout", bad(rows["pre_return"])),
-                ("a non-finite inner loop (weights or PopArt statistics)", inner),
-                ("non-finite rewards in the post-adaptation rollout", bad(rows["post_return"]))) if ts]
-            detail = f" ({'; '.join(causes)})" if causes else ""
-            raise NonFiniteError(f"non-finite outer loss at iteration {it} for task(s) {tasks}{detail}", it, tasks)
-        params = [n for (n, _), g in zip(self.named_parameters(), grads, strict=True) if not torch.isfinite(g).all()]
-        if params:
-            tasks = gradient_tasks()
-            where = (f"from task(s) {tasks}" if tasks
-                     else "(no single task's gradient is non-finite: their sum overflowed)")
-            raise NonFiniteError(f"non-finite meta-gradient at iteration {it} in {params} {where}", it, tasks)
-
-    def nonfinite_gradient_tasks(self, data: IterationData, task_slice: slice | None = None) -> list[int]:
-        """Which tasks of the slice have a non-finite meta-gradient (each recomputed alone; failure path only)."""
-        sl = _check_data(self.cfg, data, task_slice)
-        out = []
-        for t in range(sl.start, sl.stop):
-            grads = self.meta_gradient(data, task_slice=slice(t, t + 1)).grads
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
-                out.append(t)
-        return out
-
     def metrics(self, per_task: Tensor, seconds: float) -> dict[str, float]:
         """The logged scalars of an iteration from all its tasks' :data:`PER_TASK` values."""
         r = dict(zip(PER_TASK, per_task, strict=True))
@@ -342,7 +292,7 @@ class MetaLearner:
         t0 = time.perf_counter()
         data = data if data is not None else self.sample_iteration()
         mg = self.meta_gradient(data)
-        self.check_finite(mg.per_task, mg.grads, lambda: self.nonfinite_gradient_tasks(data))
+        check_finite(self, mg.per_task, mg.grads, lambda: nonfinite_gradient_tasks(self, data))
         self.apply(mg.grads)
         return self.metrics(mg.per_task, time.perf_counter() - t0)
 

@@ -7,6 +7,10 @@
   on the scaled TabularMDP (``c = 10^U(-2, 3)``) and evaluated at each fixed scale ``c`` in ``scales``;
 * ``interior`` -- a regime with few episodes per inner step (``interior_trajectories``), unscaled: plain MAML's lr
   sweep and a learned lr;
+* ``estimators`` -- does the meta-policy-gradient estimator matter for learning? Plain MAML trained with the
+  surrogate, DiCE and LVC inner losses (``estimators``), and with the exact meta-gradient of the exact MAML objective
+  (:mod:`metaopt.exact`, the ceiling), on the reference TabularMDP and on the scaled one; evaluated with the sampled
+  A2C adaptation and with the exact (infinitely many episodes) adaptation step;
 * ``beta`` -- the multi-step regime (``beta_steps`` inner steps, each on fresh episodes), scaled: PopArt-MAML with
   ``beta`` fixed at each of ``betas`` against a learned ``beta`` (``lr`` learned in every run).
 """
@@ -20,7 +24,7 @@ from metaopt.experiments.study._runs import RunSpec
 
 __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
-PARTS = ("meta-lr", "scale", "interior", "beta")
+PARTS = ("meta-lr", "scale", "interior", "beta", "estimators")
 
 
 @dataclass
@@ -28,7 +32,8 @@ class StudySettings:
     """Settings of ``metaopt study``.
 
     Attributes:
-        parts: Parts to run (comma list): meta-lr, scale, interior, beta.
+        parts: Parts to run (comma list): meta-lr, scale, interior, beta, estimators.
+        estimators: Meta-gradient estimators compared in the estimators part (exact: the exact-gradient ceiling).
         seeds: Seeds per configuration (the intervals are over seeds).
         iterations: Meta-iterations per run.
         tasks: Tasks per meta-iteration.
@@ -51,6 +56,8 @@ class StudySettings:
     """
 
     parts: tuple[str, ...] = field(default=PARTS, metadata={"choices": PARTS})
+    estimators: tuple[str, ...] = field(default=("surrogate", "dice", "lvc", "exact"),
+                                        metadata={"choices": ("surrogate", "dice", "lvc", "exact")})
     seeds: int = 5
     iterations: int = 500
     tasks: int = 40
@@ -116,4 +123,10 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
             add("beta", "popart-maml-fixed-beta", b, scaled | k | {"popart": True, "learn": ("lr",), "beta": b},
                 s.scales, s.seeds)
         add("beta", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+    if "estimators" in s.parts:
+        for env, cfg, scales in (("reference", base, (1.0,)), ("scaled", scaled, s.scales)):
+            for e in s.estimators:
+                trainer = "exact" if e == "exact" else "job"
+                config = cfg | {"inner_steps": 1} | ({} if e == "exact" else {"estimator": e})
+                add("estimators", f"{env}-{e}", None, config, scales, s.seeds, trainer=trainer, limit=True)
     return runs

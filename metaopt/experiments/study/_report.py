@@ -33,6 +33,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             row["mean_gain"] = t_interval([r["mean_gain"] for r in ok])
             row["worst_gain"] = t_interval([r["worst_gain"] for r in ok])
             row["by_scale"] = [t_interval([r["gain_by_scale"][i] for r in ok]) for i in range(len(row["scales"]))]
+            if all("mean_limit_gain" in r for r in ok):
+                row["limit_gain"] = t_interval([r["mean_limit_gain"] for r in ok])
             row["lr"] = [r["final"]["lr"] for r in ok]
             row["beta"] = [r["final"]["beta"] for r in ok]
         out[part].append(row)
@@ -103,20 +105,24 @@ def markdown(agg: dict[str, list[dict[str, Any]]], tgt: list[dict[str, Any]], wa
              "Gains are scale-normalized exact adaptation gains (J(theta') - J(theta_0)) / c on fixed test tasks, "
              "mean over seeds ± 95% t-interval.", ""]
     for part, rows in agg.items():
-        scales = rows[0]["scales"]
+        scales = max((r["scales"] for r in rows), key=len)
+        limit = any("limit_gain" in r for r in rows)
         lines += [f"## {part}", "", "| method | value | seeds ok | mean gain | worst-c gain | "
-                  + " | ".join(f"c={c:g}" for c in scales) + " | final lr | final beta |",
-                  "|---|---|---|---|---|" + "---|" * len(scales) + "---|---|"]
+                  + " | ".join(f"c={c:g}" for c in scales) + " | final lr | final beta |"
+                  + (" N→∞ gain |" if limit else ""),
+                  "|---|---|---|---|---|" + "---|" * len(scales) + "---|---|" + ("---|" if limit else "")]
         for r in rows:
             value = "" if r["value"] is None else f"{r['value']:g}"
             if not r.get("mean_gain"):
                 lines.append(f"| {r['method']} | {value} | 0/{r['seeds']} | failed: {r['failures'][:1]} |")
                 continue
-            per = " | ".join(_fmt(m, h) for m, h in r["by_scale"])
+            cells = dict(zip(r["scales"], r["by_scale"], strict=True))
+            per = " | ".join(_fmt(*cells[c]) if c in cells else "" for c in scales)
             lr = statistics.fmean(r["lr"])
             beta = statistics.fmean(r["beta"])
+            extra = f" {_fmt(*r['limit_gain'])} |" if "limit_gain" in r else (" |" if limit else "")
             lines.append(f"| {r['method']} | {value} | {r['ok']}/{r['seeds']} | {_fmt(*r['mean_gain'])} | "
-                         f"{_fmt(*r['worst_gain'])} | {per} | {lr:.3g} | {beta:.3g} |")
+                         f"{_fmt(*r['worst_gain'])} | {per} | {lr:.3g} | {beta:.3g} |{extra}")
         lines.append("")
     if tgt:
         lines += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'not met'}** -- {t['target']}: {t['detail']}"

@@ -9,6 +9,7 @@ rollouts, so the intervals across seeds show the spread of meta-training, not of
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -20,7 +21,7 @@ import torch
 
 from metaopt.artifacts import write_json
 from metaopt.envs import TaskBatch, sample_tasks
-from metaopt.exact import expected_return, policy_logits
+from metaopt.exact import exact_maml_return, expected_return, policy_logits
 from metaopt.maml import MAMLConfig, MetaLearner
 
 __all__ = ["RunSpec", "exact_gains", "execute", "t_interval", "TEST_SEED"]
@@ -43,6 +44,9 @@ class RunSpec:
         eval_tasks: Number of fixed test tasks.
         eval_trajectories: Episodes per inner step of the evaluation's adaptation (default: the training's).
         eval_repeats: Adaptations per test task (averaged).
+        trainer: ``"job"`` (:meth:`MetaLearner.step`, sampled meta-gradients) or ``"exact"`` (the exact MAML
+            objective's meta-gradient; the ceiling).
+        limit: Also measure the N -> infinity adaptation gain (:func:`exact_limit_gains`).
     """
 
     part: str
@@ -54,6 +58,8 @@ class RunSpec:
     eval_tasks: int = 40
     eval_trajectories: int | None = None
     eval_repeats: int = 4
+    trainer: str = "job"
+    limit: bool = False
 
     @property
     def key(self) -> str:
@@ -94,6 +100,54 @@ def exact_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float, ...]
     return (total / repeats / c).view(len(scales), base.num_tasks)
 
 
+def exact_limit_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float, ...]) -> torch.Tensor:
+    """``(J(theta_0 + lr kappa grad J(theta_0)) - J(theta_0)) / c``, ``[len(scales), tasks]``: the N -> infinity step.
+
+    The adaptation the sampled A2C step (mean over the ``T x B`` visits, ``kappa = 1/T``) approaches with infinitely
+    many episodes, with the exact policy gradient (inner discount ``gamma``), from the trained ``theta_0``.
+    """
+    c = learner.cfg
+    tasks = TaskBatch(*(torch.cat([getattr(_scaled(base, s), f) for s in scales]) for f in TaskBatch._fields))
+    t64 = tasks.to(dtype=torch.float64)
+    params = {k: v.detach().to(torch.float64) for k, v in learner.model.named_parameters()}
+    model64 = copy.deepcopy(learner.model).to(torch.float64)
+
+    def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return policy_logits(model64, p, num_states=c.num_states)
+
+    post = exact_maml_return(logits, params, t64, lr=c.inner_lr, steps=c.num_inner_steps, horizon=c.horizon,
+                             inner_gamma=c.gamma, grad_scale=1.0 / c.horizon).detach()
+    pre = expected_return(t64, logits(params).detach(), horizon=c.horizon)
+    return ((post - pre) / t64.scales).view(len(scales), base.num_tasks)
+
+
+def _train_exact(learner: MetaLearner) -> list[dict[str, Any]]:
+    """Meta-train ``theta_0`` on the exact MAML objective ``sum_tasks J(theta_0 + lr kappa grad J(theta_0))``.
+
+    The ceiling of the sampled estimators: the meta-gradient is exact (:func:`metaopt.exact.exact_maml_return`),
+    on the same task stream and with the same outer Adam as the job.
+    """
+    c = learner.cfg
+    opt = torch.optim.Adam(learner.model.parameters(), lr=c.outer_lr)
+
+    def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return policy_logits(learner.model, p, num_states=c.num_states)
+
+    curve = []
+    for i in range(c.iterations):
+        tasks = learner.sample_tasks(c.tasks).to(dtype=c.torch_dtype)
+        params = dict(learner.model.named_parameters())
+        post = exact_maml_return(logits, params, tasks, lr=c.inner_lr, steps=c.num_inner_steps, horizon=c.horizon,
+                                 inner_gamma=c.gamma, grad_scale=1.0 / c.horizon)
+        opt.zero_grad(set_to_none=True)
+        (-post.sum() / c.horizon).backward()
+        opt.step()
+        learner.iteration += 1
+        if (i + 1) % max(1, c.iterations // 10) == 0:
+            curve.append({"iteration": i + 1, "train_post_exact": float(post.mean())})
+    return curve
+
+
 def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     """Train ``spec``'s configuration, evaluate it, and (with ``out``) cache the result as ``out/<key>.json``.
 
@@ -106,10 +160,12 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = MAMLConfig(**spec.config).validate()
     learner = MetaLearner(cfg)
-    curve = []
+    curve: list[dict[str, Any]] = []
     status = "completed"
     try:
-        for i in range(cfg.iterations):
+        if spec.trainer == "exact":
+            curve = _train_exact(learner)
+        for i in range(cfg.iterations if spec.trainer == "job" else 0):
             row = learner.step()
             if (i + 1) % max(1, cfg.iterations // 10) == 0:
                 curve.append({k: row[k] for k in ("iteration", "train_pre_return", "train_post_return", "lr",
@@ -124,6 +180,9 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
                         repeats=spec.eval_repeats, seed=spec.seed)
         gains = g.tolist() if bool(torch.isfinite(g).all()) else None
         status = status if gains is not None else "non-finite evaluation"
+        if spec.limit and gains is not None:
+            limit = exact_limit_gains(learner, base, spec.scales)
+            limit_by_scale = [float(x) for x in limit.mean(1)]
     by_scale = None if gains is None else [sum(row) / len(row) for row in gains]
     result: dict[str, Any] = {
         "key": spec.key, "part": spec.part, "method": spec.method, "value": spec.value, "seed": spec.seed,
@@ -135,6 +194,9 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     if by_scale is not None:
         result["mean_gain"] = sum(by_scale) / len(by_scale)
         result["worst_gain"] = min(by_scale)
+        if spec.limit:
+            result["limit_gain_by_scale"] = limit_by_scale
+            result["mean_limit_gain"] = sum(limit_by_scale) / len(limit_by_scale)
     if path is not None:
         write_json(path, result)
     return result
