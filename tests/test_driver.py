@@ -174,3 +174,18 @@ def test_params_must_match_the_model():
     with pytest.raises(ValueError, match="params must name exactly the model's parameters"):
         adapt(model, make_inner(model, popart=False), None, MetaParameters(dtype=torch.float64),
               params={"value.weight": model.value.weight})
+
+
+@pytest.mark.parametrize("engine", ["higher", "torchopt"])
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_every_task_failing_gives_nan_not_an_exception_unchecked(engine, kind):
+    # A distributed rank must reach the shared checks even when all its tasks fail (no rank may raise alone).
+    model, tasks = make_model(), make_tasks(2)
+    meta = MetaParameters(lr=0.05, beta=0.3, dtype=torch.float64)
+    opt = {"kind": "adam"} if kind == "adam" else {"momentum": 0.9 if kind == "momentum" else 0.0}
+    inner = make_inner(model, steps=2, **opt)
+    batches = {"x": tasks["x"][:, 0], "y": torch.full_like(tasks["y"][:, 0], float("nan"))}
+    res = adapt_tasks(model, inner, batches, meta, engine=engine, popart_state=_stacked_states(2), check=False)
+    assert all(torch.isnan(p).all() for p in res.params.values())
+    with pytest.raises(NonFiniteTaskError, match=r"task\(s\) \[0, 1\]"):
+        adapt_tasks(model, inner, batches, meta, engine=engine, popart_state=_stacked_states(2))

@@ -179,15 +179,27 @@ def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
             except NonFiniteValueError:
                 failed.add(i)
         ok = [o for o in outs if o is not None]
-        if not ok:
-            raise NonFiniteTaskError(f"the inner loop of every task ({list(range(n))}) met non-finite values at "
-                                     f"step {k}", sorted(failed))
         if len(ok) < n:
-            nan = pytree.tree_map(lambda t: torch.full_like(t, float("nan")) if isinstance(t, Tensor) else t, ok[0])
+            nan = _nan_output(inner, params, state, ok[0] if ok else None)
             outs = [nan if o is None else o for o in outs]
         return pytree.tree_map(lambda *ts: torch.stack(ts) if isinstance(ts[0], Tensor) else ts[0], *outs)
 
     return run
+
+
+def _nan_output(inner: InnerLoop, params: Params, state: Any, like: Any) -> Any:
+    """NaN outputs of one task's step (the shape of ``like``, or built from the inputs when every task failed)."""
+    def nan(t: Tensor) -> Tensor:
+        return torch.full_like(t, float("nan"))
+
+    if like is not None:
+        return pytree.tree_map(lambda t: nan(t) if isinstance(t, Tensor) else t, like)
+    one = {name: nan(p[0]) for name, p in params.items()}
+    kind, momentum = inner.optimizer.kind, inner.optimizer.momentum
+    buffers = dict(one) if kind == "adam" or momentum else {}
+    opt = InnerOptState(buffers, dict(one) if kind == "adam" else {})
+    loss = nan(next(iter(one.values())).sum())
+    return one, None if state is None else pa.PopArtState(*(nan(t[0]) for t in state)), opt, loss
 
 
 def _num_tasks(batches: Any, popart_state: pa.PopArtState | None, num_tasks: int | None) -> int:
