@@ -61,3 +61,42 @@ def test_maml_rl_tensorboard_without_the_package_fails_before_writing(tmp_path, 
     assert code == 2
     assert "tensorboard" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_maml_rl_wandb_logs_through_the_same_interface(tmp_path, monkeypatch, capsys):
+    # A stand-in for the wandb package (not installed here): records init arguments and logged steps.
+    import sys
+    import types
+
+    calls = {"log": [], "finished": 0}
+
+    class Run:
+        def log(self, metrics, step):
+            calls["log"].append((step, dict(metrics)))
+
+        def finish(self):
+            calls["finished"] += 1
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, __name__="wandb"))
+    out = tmp_path / "run"
+    code = cli.main(["maml-rl", "--preset", "smoke", "--wandb", "proj", "--wandb-mode", "offline", "--out", str(out),
+                     "--no-progress", "--no-plot"])
+    assert code == 0, capsys.readouterr().err
+    assert calls["init"]["project"] == "proj" and calls["init"]["mode"] == "offline"
+    assert calls["init"]["config"]["popart"] is True and calls["finished"] == 1
+    assert [s for s, _ in calls["log"]] == [1, 2, 3]
+    assert {"train/pre_return", "meta/beta", "meta/lr"} <= set(calls["log"][0][1])
+    assert "eval/test_post_return" in calls["log"][1][1]
+
+
+def test_maml_rl_wandb_without_the_package_fails_before_writing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "run"
+    assert cli.main(["maml-rl", "--preset", "smoke", "--wandb", "proj", "--out", str(out), "--no-progress"]) == 2
+    assert "pip install 'metaopt[wandb]'" in capsys.readouterr().err and not out.exists()

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from metaopt import distributed as dist_lib
+from metaopt import loggers
 from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_text
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
@@ -68,7 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     g.add_argument("--overwrite", action="store_true", help="replace the artifacts of a previous run in OUT")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint period in iterations (default: 25)")
-    g.add_argument("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log scalars to OUT/tb (needs pip install 'metaopt[tensorboard]')")
+    g.add_argument("--wandb", metavar="PROJECT", default=None,
+                   help="also log scalars to a Weights & Biases run in PROJECT (needs pip install 'metaopt[wandb]')")
+    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
+                   help="W&B mode (default: W&B's own, i.e. the WANDB_MODE environment variable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     g.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     g.add_argument("--nproc", type=int, default=1,
@@ -198,6 +204,8 @@ def train(
     progress: bool = True,
     plot: bool = True,
     tensorboard: bool = False,
+    wandb: str | None = None,
+    wandb_mode: str | None = None,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
     comm: dist_lib.Communicator | None = None,
@@ -217,7 +225,9 @@ def train(
         checkpoint_every: Checkpoint period (iterations); a checkpoint is also written at the end.
         progress: Show a progress bar.
         plot: Write PNG plots.
-        tensorboard: Log scalars to ``out/tb``.
+        tensorboard: Log scalars to ``out/tb`` (:class:`metaopt.loggers.TensorBoardLogger`).
+        wandb: Log scalars to a Weights & Biases run in this project (:class:`metaopt.loggers.WandbLogger`).
+        wandb_mode: W&B's mode (``online``, ``offline``, ``disabled``; ``None``: W&B's default).
         log: Where text goes.
         stop_after: Stop (as if interrupted, after checkpointing) once this iteration is done (for tests).
         comm: Distributed meta-training (:class:`metaopt.distributed.Communicator`): this rank's share of the
@@ -242,15 +252,20 @@ def train(
     # Checks of what lives on rank 0's machine; all ranks share the outcome (fail together or resume together).
     error: BaseException | None = None
     state: dict[str, Any] | None = None
-    summary_writer: Any = None
     if main:
         try:
             check_fresh_out_dir(out, resume=resume, overwrite=overwrite)
             if tensorboard:
                 try:
-                    from torch.utils.tensorboard import SummaryWriter as summary_writer
+                    loggers.require("tensorboard")
                 except ImportError as err:
-                    raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from err
+                    raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard "
+                                      "(or pip install 'metaopt[tensorboard]')") from err
+            if wandb is not None:
+                try:
+                    loggers.require("wandb")
+                except ImportError as err:
+                    raise ImportError("--wandb needs the 'wandb' package: pip install 'metaopt[wandb]'") from err
             if resume:
                 state = load_checkpoint(ckpt, cfg)
         except (ValueError, ImportError) as err:
@@ -270,15 +285,20 @@ def train(
     del state
     if comm is not None:
         comm.check_replicated(_replicated(learner), learner.iteration)
-    writer = None
+    writer: loggers.MultiLogger | None = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             _clear_previous_run(out)
         remove_stale_temporaries(out, ARTIFACTS)
         write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        backends: list[loggers.Logger] = []
         if tensorboard:
-            writer = summary_writer(str(out / "tb"))
+            backends.append(loggers.TensorBoardLogger(out / "tb"))
+        if wandb is not None:
+            backends.append(loggers.WandbLogger(wandb, name=f"TabularMDP__maml-rl__{cfg.seed}", config=cfg.to_dict(),
+                                                mode=wandb_mode))
+        writer = loggers.MultiLogger(backends) if backends else None
 
     bar = None
     if progress and main:
@@ -303,9 +323,7 @@ def train(
                     history["eval"].append({"iteration": i} | learner.evaluate())
                 if writer is not None:
                     last_eval = history["eval"][-1] if history["eval"] and history["eval"][-1]["iteration"] == i else {}
-                    for k, v in (row | last_eval).items():
-                        if k != "iteration":
-                            writer.add_scalar(k, v, i)
+                    writer.log(_namespaced(row | last_eval), step=i)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(pre=f"{row['train_pre_return']:.2f}", post=f"{row['train_post_return']:.2f}",
@@ -348,6 +366,21 @@ def train(
             plot_run(out, history["train"], history["eval"], cfg)
         written = [name for name in ARTIFACTS if (out / name).is_file()]
     return TrainResult(cfg, history["train"], history["eval"], summary, out, learner, status, message, written)
+
+
+def _namespaced(row: dict[str, Any]) -> dict[str, float]:
+    """Scalar names for TensorBoard/W&B (cleanrl's namespaces): ``train/pre_return``, ``eval/...``, ``meta/beta``."""
+    out = {}
+    for k, v in row.items():
+        if k == "iteration":
+            continue
+        if k in ("lr", "beta"):
+            out[f"meta/{k}"] = v
+        elif k.startswith("test_"):
+            out[f"eval/{k}"] = v
+        else:
+            out[f"train/{k.removeprefix('train_')}"] = v
+    return out
 
 
 def _replicated(learner: MetaLearner) -> list[torch.Tensor]:
@@ -406,7 +439,8 @@ def run(args: argparse.Namespace, comm: dist_lib.Communicator | None = None) -> 
                              f"started), got {args.nproc}")
         result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress and sys.stderr.isatty(),
-                       plot=not args.no_plot, tensorboard=args.tensorboard, log=print if main else (lambda _t: None),
+                       plot=not args.no_plot, tensorboard=args.tensorboard, wandb=args.wandb,
+                       wandb_mode=args.wandb_mode, log=print if main else (lambda _t: None),
                        comm=comm)
     except (ValueError, ImportError) as err:
         error(err)
