@@ -41,18 +41,26 @@ def test_every_snippet_is_included_by_a_page_and_every_include_exists():
 
 
 def _public_modules() -> set[str]:
-    """``metaopt``, its public top-level modules and packages, and each job module under ``experiments``."""
+    """``metaopt``, its public top-level modules and packages, and each job module or package in ``experiments``."""
     pkg = ROOT / "metaopt"
     names = {"metaopt"}
     for p in pkg.iterdir():
-        name = p.stem if p.suffix == ".py" else p.name
-        if name.startswith("_") or not (p.suffix == ".py" or (p / "__init__.py").is_file()):
+        name = _module_name(p)
+        if name is None:
             continue
         if name == "experiments":
-            names |= {f"metaopt.experiments.{q.stem}" for q in p.glob("*.py") if not q.stem.startswith("_")}
+            names |= {f"metaopt.experiments.{job}" for q in p.iterdir() if (job := _module_name(q)) is not None}
         else:
             names.add(f"metaopt.{name}")
     return names
+
+
+def _module_name(path: Path) -> str | None:
+    """The public module or package name of ``path`` (``None`` for private names and non-modules)."""
+    name = path.stem if path.suffix == ".py" else path.name
+    if name.startswith("_") or not (path.suffix == ".py" or (path / "__init__.py").is_file()):
+        return None
+    return name
 
 
 def test_every_public_module_has_an_api_page_in_the_nav():
@@ -69,3 +77,9 @@ def test_results_pages_name_the_command_that_produced_them():
         text = page.read_text()
         assert re.search(r"(`|```bash\n)(metaopt |python |make )", text), f"{page.name} names no command"
 
+
+
+def test_concept_and_how_to_pages_describe_the_current_code():
+    # Pages that explain the code carry no "update me" markers (results pages are filled from measurements).
+    for page in [*(DOCS / "concepts").glob("*.md"), *(DOCS / "how-to").glob("*.md"), DOCS / "getting-started.md"]:
+        assert "<!-- lead:" not in page.read_text(), f"{page.relative_to(ROOT)} still has an update marker"

@@ -223,7 +223,8 @@ def check_tasks(result: AdaptResult, failed: set[int] | None = None) -> None:
     Runs on the concrete results after the transform (inside ``vmap`` values cannot be read); a no-op when
     the results are themselves wrapped by an outer ``torch.func`` transform.
     """
-    bad, why = set(failed or ()), dict[int, str]()
+    bad = set(failed or ())
+    why = {i: "its inputs failed an eager check (e.g. non-finite PopArt targets)" for i in bad}
     leaves = {f"params[{n!r}]": p for n, p in result.params.items()} | {
         f"loss[{k}]": t for k, t in enumerate(result.losses)}
     if result.popart_state is not None:
@@ -238,7 +239,7 @@ def check_tasks(result: AdaptResult, failed: set[int] | None = None) -> None:
             bad.add(i)
             why.setdefault(i, name)
     if bad:
-        detail = ", ".join(f"task {i}: {why.get(i, 'non-finite PopArt targets')}" for i in sorted(bad))
+        detail = ", ".join(f"task {i}: {why[i]}" for i in sorted(bad))
         raise NonFiniteTaskError(f"the inner loop produced non-finite values in task(s) {sorted(bad)} ({detail})",
                                  sorted(bad))
 

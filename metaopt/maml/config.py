@@ -52,18 +52,23 @@ class MAMLConfig:
         beta_objective: Outer terms whose meta-gradient drives a learned beta (as lr_objective).
         popart: PopArt value normalization in the inner and outer losses (per-task statistics, fresh each
             iteration).
-        popart_advantages: With PopArt, divide the policy's advantages by sigma (a scale-free inner policy step).
+        popart_advantages: With PopArt, divide the policy's advantages by sigma (a scale-free inner policy step;
+            the scale is a constant there, so beta gets no meta-gradient through it).
         debias: With PopArt, the debiased step size beta_t = beta / (1 - (1 - beta)^t): the first ART step
             sets the statistics to the batch's mean and standard deviation.
         first_pop: With PopArt, POP at the first inner step too (off: theta_0's value head is read as a
             normalized prediction under the first statistics).
         outer_value: With PopArt, the outer value error: sg_scale, (G - V) / stopgrad(sigma) (cannot be gamed
-            by inflating sigma), or normalized, (G - mu) / sigma - n. The job's ART targets are detached, so the
+            by inflating sigma; V = sigma n + mu keeps its dependence on the statistics, which POP makes exactly
+            output-preserving), or normalized, (G - mu) / sigma - n. The job's ART targets are detached, so the
             statistics depend on beta alone and the choice matters for a beta that follows the value or total
             objective.
         estimator: The policy term, whose second derivatives make the meta-gradient: surrogate (TorchOpt's
             -mean(sg(A) log pi); its meta-gradient is biased for any number of episodes), dice (unbiased at every
             order; Monte-Carlo returns with the value baseline, lam unused) or lvc (ProMP's low-variance curvature).
+            dice and lvc weight step t by gamma^t (the exact gradient of the discounted return) while the
+            surrogate keeps TorchOpt's unweighted mean, so at gamma < 1 their first derivatives differ by that
+            weighting too.
         scaled: Scaled TabularMDP: task rewards multiplied by c = 10^u, u ~ U(scale_lo, scale_hi).
         scale_lo: Lower exponent of the scale range.
         scale_hi: Upper exponent of the scale range.

@@ -29,8 +29,9 @@ compared quantity. Everything runs in float64. The checks (names as used by :fun
 ``estimators``
     Sampled MAML meta-policy-gradients on TabularMDP against the exact ones (:mod:`metaopt.exact`): each
     estimator's row checks what it promises -- DiCE's mean meta-gradient within its confidence interval of the
-    exact one, LVC's and the surrogate's first derivatives unbiased, the surrogate's meta-gradient biased
-    (:mod:`metaopt.verify.estimators`).
+    exact one, the mean inner step unbiased (LVC's row; the surrogate's and DiCE's first derivatives equal it
+    sample by sample), LVC's and the surrogate's meta-gradients at their exact biased limits, the surrogate's
+    bias many standard errors wide (:mod:`metaopt.verify.estimators`).
 
 Vector quantities are reported by their L2 norms in the ``autograd``/``reference`` columns; the relative
 error is that of the full vectors, :math:`\|a - r\|_2 / \|r\|_2`, unless the row's ``note`` says otherwise.
