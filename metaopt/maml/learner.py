@@ -190,11 +190,13 @@ class MetaLearner:
         """
         c, n = self.cfg, tasks.num_tasks
         sim = BatchedTabularMDP(tasks.to(device=c.torch_device), c.horizon, dtype=c.torch_dtype)
-        rollouts: list[Trajectories] = []
+        first: list[Trajectories] = []  # theta_0's rollout (the later steps' are not kept: memory flat in K)
 
         def batch(k: int, params: dict[str, Tensor]) -> Any:
-            rollouts.append(self._rollout(sim, None if k == 0 else params, noise_inner[k]))
-            return task_major(rollouts[-1], states=c.state_table)
+            traj = self._rollout(sim, None if k == 0 else params, noise_inner[k])
+            if k == 0:
+                first.append(traj)
+            return task_major(traj, states=c.state_table)
 
         states0 = None
         if c.popart:
@@ -208,7 +210,7 @@ class MetaLearner:
         except NonFiniteTaskError as err:
             ok[err.tasks] = 0.0
         post = None if noise_post is None else self._rollout(sim, res.params, noise_post)
-        return Rollouts(rollouts[0], res.params, res.popart_state, post, ok)
+        return Rollouts(first[0], res.params, res.popart_state, post, ok)
 
     # ------------------------------------------------------------------------------------ meta-loss
     def outer_terms(self, data: IterationData, *, engine: str | None = None, task_slice: slice | None = None

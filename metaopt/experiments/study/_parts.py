@@ -6,7 +6,7 @@
   tuned baseline), plain MAML with a learned lr, and PopArt-MAML with learned ``lr`` and ``beta`` (no sweep), trained
   on the scaled TabularMDP (``c = 10^U(-2, 3)``) and evaluated at each fixed scale ``c`` in ``scales``;
 * ``interior`` -- a regime with few episodes per inner step (``interior_trajectories``), unscaled: plain MAML's lr
-  sweep and a learned lr;
+  sweep and a learned lr, with SGD and with Adam as the inner optimizer;
 * ``estimators`` -- does the meta-policy-gradient estimator matter for learning? Plain MAML trained with the
   surrogate, DiCE and LVC inner losses (``estimators``), and with the exact meta-gradient of the exact MAML objective
   (:mod:`metaopt.exact`, the ceiling), on the reference TabularMDP and on the scaled one; evaluated with the sampled
@@ -45,7 +45,10 @@ class StudySettings:
         meta_lrs: Outer learning rates of log_lr and logit_beta compared in the meta-lr part.
         meta_lr_seeds: Seeds per value in the meta-lr part.
         interior_trajectories: Episodes per inner step in the interior part.
-        interior_lrs: Plain MAML's fixed inner learning rates in the interior part.
+        interior_optimizers: Inner optimizers of the interior part (each with its own sweep; Adam's steps have the
+            size of the lr in every parameter, whatever the gradient's size).
+        interior_lrs: Plain MAML's fixed inner learning rates in the interior part with SGD.
+        interior_adam_lrs: The same with Adam.
         betas: Fixed PopArt step sizes compared with a learned beta in the beta part.
         beta_steps: Inner steps K of the beta part.
         eval_tasks: Fixed test tasks (the same for every run).
@@ -68,8 +71,10 @@ class StudySettings:
     scales: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
     meta_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
     meta_lr_seeds: int = 3
-    interior_trajectories: int = 2
+    interior_trajectories: int = 5
+    interior_optimizers: tuple[str, ...] = field(default=("sgd", "adam"), metadata={"choices": ("sgd", "adam")})
     interior_lrs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
+    interior_adam_lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 0.6, 0.9)
     beta_steps: int = 3
     eval_tasks: int = 40
@@ -82,7 +87,8 @@ class StudySettings:
 #: ``--quick``: what changes for a smoke test.
 QUICK: dict[str, Any] = {
     "baseline_steps": (1,), "seeds": 2, "iterations": 3, "tasks": 4, "trajectories": 4, "lrs": (0.1, 10.0),
-    "scales": (0.01, 100.0), "meta_lrs": (0.03,), "meta_lr_seeds": 1, "interior_lrs": (1.0, 10.0), "betas": (0.1,),
+    "scales": (0.01, 100.0), "meta_lrs": (0.03,), "meta_lr_seeds": 1, "interior_lrs": (1.0, 10.0),
+    "interior_adam_lrs": (0.1,), "betas": (0.1,),
     "eval_tasks": 4, "eval_repeats": 1, "workers": 1,
 }
 
@@ -112,11 +118,17 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
                 add("scale", f"maml-K{steps}", lr, scaled | {"inner_steps": steps, "inner_lr": lr}, s.scales, s.seeds)
         add("scale", "maml-learned-lr", None, scaled | k | {"learn": ("lr",)}, s.scales, s.seeds)
         add("scale", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+        # one inner step (beta has no role there): how much of PopArt-MAML's gain needs the second step?
+        add("scale", "popart-maml-K1-learned-lr", None, scaled | {"inner_steps": 1, "popart": True, "learn": ("lr",)},
+            s.scales, s.seeds)
     if "interior" in s.parts:
         few = base | {"trajectories": s.interior_trajectories, "inner_steps": 1}
-        for lr in s.interior_lrs:
-            add("interior", "maml", lr, few | {"inner_lr": lr}, (1.0,), s.seeds)
-        add("interior", "maml-learned-lr", None, few | {"learn": ("lr",)}, (1.0,), s.seeds)
+        for opt in s.interior_optimizers:
+            tag = "" if opt == "sgd" else "-adam"
+            for lr in s.interior_lrs if opt == "sgd" else s.interior_adam_lrs:
+                add("interior", f"maml{tag}", lr, few | {"inner_lr": lr, "inner_optimizer": opt}, (1.0,), s.seeds)
+            add("interior", f"maml{tag}-learned-lr", None, few | {"learn": ("lr",), "inner_optimizer": opt}, (1.0,),
+                s.seeds)
     if "beta" in s.parts:
         k = {"inner_steps": s.beta_steps}
         for b in s.betas:

@@ -148,17 +148,27 @@ def _train_exact(learner: MetaLearner) -> list[dict[str, Any]]:
     return curve
 
 
+def _eval_settings(spec: RunSpec) -> dict[str, Any]:
+    return {"eval_tasks": spec.eval_tasks, "eval_trajectories": spec.eval_trajectories,
+            "eval_repeats": spec.eval_repeats, "limit": spec.limit}
+
+
 def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     """Train ``spec``'s configuration, evaluate it, and (with ``out``) cache the result as ``out/<key>.json``.
 
-    A run whose result file exists is not repeated (the study resumes at run granularity).
+    A run whose result file exists with the same configuration and evaluation is not repeated (the study resumes
+    at run granularity); a changed configuration trains again.
     """
     path = None if out is None else out / f"{spec.key}.json"
+    cfg = MAMLConfig(**spec.config).validate()
     if path is not None and path.is_file():
-        return dict(json.loads(path.read_text()))
+        cached = dict(json.loads(path.read_text()))
+        same = (cached.get("config") == cfg.to_dict() and cached.get("scales") == list(spec.scales)
+                and cached.get("trainer", "job") == spec.trainer and cached.get("eval") == _eval_settings(spec))
+        if same:
+            return cached
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    cfg = MAMLConfig(**spec.config).validate()
     learner = MetaLearner(cfg)
     curve: list[dict[str, Any]] = []
     status = "completed"
@@ -186,6 +196,7 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     by_scale = None if gains is None else [sum(row) / len(row) for row in gains]
     result: dict[str, Any] = {
         "key": spec.key, "part": spec.part, "method": spec.method, "value": spec.value, "seed": spec.seed,
+        "trainer": spec.trainer, "eval": _eval_settings(spec),
         "status": status, "scales": list(spec.scales), "config": cfg.to_dict(),
         "gain_by_scale": by_scale,
         "gain_per_task": gains, "final": learner.meta.summary(), "curve": curve,
