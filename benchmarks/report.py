@@ -114,8 +114,12 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         return sp, f"{sp:.1f}x ({alt}: {alt_sp:.1f}x)"
 
     sp, text = speedup("metaopt-func", "baseline")
-    out.append({"target": "metaopt-func >= 30x faster than the baseline per meta-iteration", "measured": text,
-                "met": sp >= 30.0, "extra": False})
+    out.append({"target": "metaopt-func >= 15x faster than the vector-env baseline per meta-iteration",
+                "measured": text, "met": sp >= 15.0, "extra": False})
+    if "torchopt-as-written" in comp:
+        sp, text = speedup("metaopt-func", "torchopt-as-written")
+        out.append({"target": "metaopt-func >= 100x faster than TorchOpt's example as written", "measured": text,
+                    "met": sp >= 100.0, "extra": False})
     for e in ("metaopt-higher", "metaopt-torchopt"):
         r = comp[e]["time_ratio_to_baseline"]
         out.append({"target": f"{e} <= 1.2x the baseline's time", "measured": f"{r:.2f}x", "met": r <= 1.2,
@@ -130,9 +134,11 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             text += f"; {na} -> {nb}: exponent {math.log(tb / ta) / math.log(nb / na):.2f}"
         out.append({"target": f"metaopt-func time sub-linear in tasks ({n0} -> {n1})", "measured": text + ")",
                     "met": expo < 1.0, "extra": False})
-    pop = next(r for r in res["popart"] if r["variant"] == "PopArt")["overhead"]
-    out.append({"target": "PopArt overhead <= 10%", "measured": f"{100 * pop:+.1f}%", "met": pop <= 0.10,
-                "extra": False})
+    for variant in ("PopArt, learn lr+beta", "PopArt"):
+        pop = next((r for r in res["popart"] if r["variant"] == variant), None)
+        if pop is not None:
+            out.append({"target": f"{variant}: overhead <= 10%", "measured": f"{100 * pop['overhead']:+.1f}%",
+                        "met": pop["overhead"] <= 0.10, "extra": variant == "PopArt"})
     rows = res["unroll"]["rows"]
     if rows and "peak_delta_mb" in rows[0]:
         by = {m: sorted((r["inner_steps"], r["peak_delta_mb"]) for r in rows if r["mode"] == m) for m in UNROLL_MODES}
@@ -149,11 +155,10 @@ def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "measured": f"{g:+.1f} MB from K={full[0][0]} to K={full[-1][0]} ({g / dk if dk else 0:.2f} "
                                     f"MB per step; full: {slope:.2f})",
                         "met": g <= max(5.0, 0.1 * growth["full"]), "extra": extra})
-    for ref in ("torchopt-sequential-crn", "torchopt-as-written"):
-        if ref in comp:
-            sp, text = speedup("metaopt-func", ref)
-            out.append({"target": f"metaopt-func >= 30x faster than {ref}", "measured": text, "met": sp >= 30.0,
-                        "extra": True})
+    if "torchopt-sequential-crn" in comp:
+        sp, text = speedup("metaopt-func", "torchopt-sequential-crn")
+        out.append({"target": "metaopt-func >= 100x faster than torchopt-sequential-crn", "measured": text,
+                    "met": sp >= 100.0, "extra": True})
     return out
 
 

@@ -146,3 +146,24 @@ def test_inner_loop_popart_targets_are_lambda_returns():
     assert torch.allclose(inner.popart.targets(params, batch, fresh), mc, atol=1e-10)
     assert not torch.allclose(mc, loop_returns(batch["rewards"], n, n_last, batch["dones"], 0.99, 0.95), atol=1e-3)
     assert inner.popart.weight == "value.weight" and inner.popart.bias == "value.bias"
+
+
+def test_fresh_debiased_statistics_are_the_first_batch_moments_and_no_first_pop():
+    # The job's PopArt defaults: the first (debiased, beta_1 = 1) ART step sets mu, sigma to the mean and std of the
+    # Monte-Carlo returns, and without first_pop the value head is not rescaled at step 0 (read as normalized).
+    from metaopt.engines import adapt
+    from metaopt.meta_params import MetaParameters
+
+    torch.manual_seed(0)
+    model = ActorCritic().double()
+    batch = make_batch(5, scale=30.0)
+    inner = make_inner_loop(model, popart=True, debias=True, first_pop=False)
+    meta = MetaParameters(lr=1e-300, beta=0.1, dtype=torch.float64)  # the gradient step changes nothing visible
+    res = adapt(model, inner, batch, meta, popart_state=pa.init(1, dtype=torch.float64))
+    mc = loop_returns(batch["rewards"], torch.zeros(T, B), torch.zeros(B), batch["dones"], 0.99, 1.0)
+    assert torch.allclose(res.popart_state.mu, mc.mean().reshape(1), atol=1e-12)
+    assert torch.allclose(res.popart_state.sigma, mc.std(unbiased=False).reshape(1), atol=1e-12)
+    assert torch.equal(res.params["value.weight"], model.value.weight)  # no POP at step 0
+    with_pop = adapt(model, make_inner_loop(model, popart=True, debias=True), batch, meta,
+                     popart_state=pa.init(1, dtype=torch.float64))
+    assert not torch.allclose(with_pop.params["value.weight"], model.value.weight)

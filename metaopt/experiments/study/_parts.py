@@ -11,6 +11,8 @@
   surrogate, DiCE and LVC inner losses (``estimators``), and with the exact meta-gradient of the exact MAML objective
   (:mod:`metaopt.exact`, the ceiling), on the reference TabularMDP and on the scaled one; evaluated with the sampled
   A2C adaptation and with the exact (infinitely many episodes) adaptation step;
+* ``ablation`` -- the recommended PopArt-MAML with one of its defaults switched back: no debiasing, POP at the
+  first step, the old meta-objective (normalized outer value loss, lr and beta following the total);
 * ``beta`` -- the multi-step regime (``beta_steps`` inner steps, each on fresh episodes), scaled: PopArt-MAML with
   ``beta`` fixed at each of ``betas`` against a learned ``beta`` (``lr`` learned in every run).
 """
@@ -24,7 +26,7 @@ from metaopt.experiments.study._runs import RunSpec
 
 __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
-PARTS = ("meta-lr", "scale", "interior", "beta", "estimators")
+PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
 
 
 @dataclass
@@ -32,7 +34,7 @@ class StudySettings:
     """Settings of ``metaopt study``.
 
     Attributes:
-        parts: Parts to run (comma list): meta-lr, scale, interior, beta, estimators.
+        parts: Parts to run (comma list): meta-lr, scale, interior, beta, estimators, ablation.
         estimators: Meta-gradient estimators compared in the estimators part (exact: the exact-gradient ceiling).
         seeds: Seeds per configuration (the intervals are over seeds).
         iterations: Meta-iterations per run.
@@ -135,6 +137,12 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
             add("beta", "popart-maml-fixed-beta", b, scaled | k | {"popart": True, "learn": ("lr",), "beta": b},
                 s.scales, s.seeds)
         add("beta", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+    if "ablation" in s.parts:
+        rec = scaled | popart | {"inner_steps": s.inner_steps}
+        for name, change in (("no-debias", {"debias": False}), ("first-pop", {"first_pop": True}),
+                             ("old-objective", {"outer_value": "normalized", "lr_objective": "total",
+                                                "beta_objective": "total"})):
+            add("ablation", f"popart-maml-{name}", None, rec | change, s.scales, s.seeds)
     if "estimators" in s.parts:
         for env, cfg, scales in (("reference", base, (1.0,)), ("scaled", scaled, s.scales)):
             for e in s.estimators:
