@@ -35,11 +35,11 @@ test: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/metaopt --help > /dev/null
 	$(BIN)/metaopt popart-regression --seeds 2 --steps 300 --out runs/smoke/fig1a --no-plot
-	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress
+	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress --overwrite
 	$(BIN)/metaopt verify --checks torchopt-toy,higher-toy
 	$(BIN)/python benchmarks/run.py --quick --out runs/smoke/bench
-	$(BIN)/python examples/maml_rl_scaled_study.py --seeds 1 --iterations 2 --tasks 3 --trajectories 3 \
-		--eval-trajectories 3 --eval-repeats 1 --out runs/smoke/study
+	$(BIN)/metaopt study --quick --out runs/smoke/study
+	$(BIN)/metaopt estimator-study --quick --out runs/smoke/estimator_study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

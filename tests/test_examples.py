@@ -95,3 +95,10 @@ def test_every_example_supports_help(path: Path) -> None:
     proc = run_example(path, "--help")
     assert proc.returncode == 0, f"{path.name} --help failed:\n{proc.stderr}"
     assert "usage" in proc.stdout.lower(), proc.stdout
+
+
+def test_meta_objective_artifact_example_shows_the_sigma_path():
+    g = load_example("meta_objective_artifact").measure(load_example("meta_objective_artifact").Args(tasks=6))
+    assert abs(g["normalized"]["beta/value"]) > 100 * abs(g["sg_scale"]["beta/value"])  # the sigma-inflation path
+    assert g["normalized"]["lr/value"] == pytest.approx(g["sg_scale"]["lr/value"], rel=1e-6)  # lr: no sigma path
+    assert abs(g["sg_scale"]["lr/value"]) > 10 * abs(g["sg_scale"]["lr/policy"])  # the value term dominates lr
