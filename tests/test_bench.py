@@ -83,7 +83,7 @@ def test_quick_results_have_all_sections_the_stamp_and_rates(quick_run):
     }
     assert [r["variant"] for r in res["popart"]] == ["no PopArt", "PopArt", "PopArt, learn lr+beta"]
     assert all(isinstance(t["met"], bool) for t in res["targets"])
-    assert len([t for t in res["targets"] if not t["extra"]]) == 7
+    assert len([t for t in res["targets"] if not t["extra"]]) == 8
     # the identical-math proof and the as-written sanity check ran inside the harness too
     f64 = [c for c in res["identical_math"] if c["dtype"] == "float64"]
     assert len(f64) == 2 and all(c["grad_rel_error"] <= 1e-8 and c["trajectories_identical"] for c in f64)
