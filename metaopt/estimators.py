@@ -59,6 +59,7 @@ __all__ = [
     "magic_box",
     "episode_discounts",
     "lambda_returns",
+    "lambda_return_sum",
     "surrogate",
     "lvc",
     "dice",
@@ -143,12 +144,31 @@ def lambda_returns(
     _check_same_shape(rewards=rewards, values=values, dones=dones)
     values = values.detach()
     last = torch.zeros_like(values[0]) if last_values is None else _check_last(last_values, values).detach()
-    next_values = torch.cat([values[1:], last.unsqueeze(0)], dim=0)
-    out, g = [], last
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        g = rewards[t] + gamma * (1 - dones[t]) * ((1 - lam) * next_values[t] + lam * g)
-        out.append(g)
-    return torch.stack(out[::-1])
+    return lambda_return_sum(rewards, values, last, dones, gamma, lam)
+
+
+def lambda_return_sum(rewards: Tensor, values: Tensor, last_values: Tensor, dones: Tensor, gamma: float,
+                      lam: float) -> Tensor:
+    r"""The λ-return recursion evaluated in closed form (the one implementation; no validation, no detaching).
+
+    :math:`G_i = \sum_{j \ge i} \big(\prod_{k=i}^{j-1} \lambda\gamma_k\big) \delta_j` with
+    :math:`\delta_j = r_j + \gamma_j (1-\lambda) V(s_{j+1})`, :math:`\delta_T = V(s_T)` and
+    :math:`\gamma_k = \gamma (1 - \text{done}_k)`: one weighted sum instead of ``T`` sequential steps. The
+    product is :math:`(\lambda\gamma)^{j-i}` when no episode ends in :math:`[i, j-1]`, else 0, so ``dones`` must be
+    0 or 1. Shapes as in :func:`lambda_returns` (``last_values`` given).
+    """
+    horizon = rewards.shape[0]
+    next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
+    disc = gamma * (1.0 - dones)
+    delta = torch.cat([rewards + disc * (1.0 - lam) * next_values, last_values.unsqueeze(0)], dim=0)
+    ends = torch.cat([torch.zeros_like(dones[:1]), dones.cumsum(0)], dim=0)  # episode ends before step j, j = 0..T
+    i = torch.arange(horizon, device=rewards.device)
+    j = torch.arange(horizon + 1, device=rewards.device)
+    power = (j[None, :] - i[:, None]).clamp(min=0).to(rewards.dtype)
+    decay = torch.where(j[None, :] >= i[:, None], (lam * gamma) ** power, torch.zeros_like(power))
+    extra = (1,) * (rewards.dim() - 1)
+    same = (ends[None, :] == ends[:horizon, None]).to(rewards.dtype)  # [T, T + 1, ...]
+    return ((decay.view(horizon, horizon + 1, *extra) * same) * delta[None]).sum(1)
 
 
 # ------------------------------------------------------------------------------------------------ validation

@@ -154,21 +154,7 @@ def lambda_returns(
     Returns:
         ``[T, ...]`` returns.
     """
-    horizon = rewards.shape[0]
-    next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
-    disc = gamma * (1.0 - dones)
-    # delta_j = r_j + gamma_j (1 - lam) V_{j+1}; the last "delta" is V_T, reached through lam * gamma_{T-1}.
-    delta = torch.cat([rewards + disc * (1.0 - lam) * next_values, last_values.unsqueeze(0)], dim=0)
-    # W[i, j] = prod_{k=i}^{j-1} lam gamma_k = (lam gamma)^(j-i) if no episode ends in [i, j-1], else 0 (j >= i):
-    # the recursion unrolled, so the returns are one product instead of T sequential steps.
-    ends = torch.cat([torch.zeros_like(dones[:1]), dones.cumsum(0)], dim=0)  # ends before step j, j = 0..T
-    i = torch.arange(horizon, device=rewards.device)
-    j = torch.arange(horizon + 1, device=rewards.device)
-    power = (j[None, :] - i[:, None]).clamp(min=0).to(rewards.dtype)
-    decay = torch.where(j[None, :] >= i[:, None], (lam * gamma) ** power, torch.zeros_like(power))
-    extra = (1,) * (rewards.dim() - 1)
-    same = (ends[None, :] == ends[:horizon, None]).to(rewards.dtype)  # [T, T + 1, ...]
-    return ((decay.view(horizon, horizon + 1, *extra) * same) * delta[None]).sum(1)
+    return estimators.lambda_return_sum(rewards, values, last_values, dones, gamma, lam)
 
 
 def state_table(model: nn.Module, params: Params, num_states: int, like: Tensor) -> tuple[Tensor, Tensor]:
