@@ -68,8 +68,11 @@ class RunSpec:
         return f"{self.part}__{self.method}{value}__s{self.seed}".replace(" ", "-").replace("/", "-")
 
 
-def _scaled(base: TaskBatch, c: float) -> TaskBatch:
-    return TaskBatch(base.transitions, base.reward_means, torch.full_like(base.scales, c))
+def _at_scales(base: TaskBatch, scales: tuple[float, ...]) -> TaskBatch:
+    """``base``'s tasks once per scale ``c`` (rewards times ``c``), concatenated scale by scale."""
+    n = len(scales)
+    c = torch.tensor(scales, dtype=base.scales.dtype, device=base.scales.device).repeat_interleave(base.num_tasks)
+    return TaskBatch(base.transitions.repeat(n, 1, 1, 1), base.reward_means.repeat(n, 1, 1), c)
 
 
 @torch.no_grad()
@@ -88,7 +91,7 @@ def exact_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float, ...]
 
     All scales' tasks adapt in one vectorized batch (``func`` engine) with common random numbers per repeat.
     """
-    tasks = TaskBatch(*(torch.cat([getattr(_scaled(base, c), f) for c in scales]) for f in TaskBatch._fields))
+    tasks = _at_scales(base, scales)
     c = tasks.scales.to(torch.float64)
     pre = _returns(learner, tasks, None)
     total = torch.zeros_like(pre)
@@ -107,8 +110,7 @@ def exact_limit_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float
     many episodes, with the exact policy gradient (inner discount ``gamma``), from the trained ``theta_0``.
     """
     c = learner.cfg
-    tasks = TaskBatch(*(torch.cat([getattr(_scaled(base, s), f) for s in scales]) for f in TaskBatch._fields))
-    t64 = tasks.to(dtype=torch.float64)
+    t64 = _at_scales(base, scales).to(dtype=torch.float64)
     params = {k: v.detach().to(torch.float64) for k, v in learner.model.named_parameters()}
     model64 = copy.deepcopy(learner.model).to(torch.float64)
 
