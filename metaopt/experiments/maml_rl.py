@@ -31,6 +31,7 @@ import torch
 
 from metaopt import distributed as dist_lib
 from metaopt import loggers
+from metaopt._validation import check_int
 from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_text
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
@@ -236,8 +237,6 @@ def train(
     Returns:
         A :class:`TrainResult` (on ranks other than 0 without rows).
     """
-    from metaopt._validation import check_int
-
     cfg.validate()
     check_int("checkpoint_every", checkpoint_every, low=1)
     check_int("stop_after", stop_after, low=1, allow_none=True)
@@ -423,8 +422,6 @@ def run(args: argparse.Namespace, comm: dist_lib.Communicator | None = None) -> 
 
     try:
         cfg = config_from_args(args)
-        from metaopt._validation import check_int
-
         check_int("--checkpoint-every", args.checkpoint_every, low=1)
         check_int("--nproc", args.nproc, low=1)
         if comm is None:
