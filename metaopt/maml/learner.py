@@ -33,7 +33,7 @@ from metaopt.inner_optim import InnerOptimizer
 from metaopt.maml.checks import PER_TASK, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import MAMLConfig
 from metaopt.meta_params import MetaParameters
-from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, task_major
+from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, state_table, task_major
 
 __all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient"]
 
@@ -171,10 +171,13 @@ class MetaLearner:
         """Roll out ``theta_0`` (``params=None``, shared by all tasks) or per-task stacked ``params`` (no grad)."""
         with torch.no_grad():
             if self.cfg.state_table:
-                eye = torch.eye(self.cfg.num_states, dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
-                table = self.model(eye)[0] if params is None else torch.func.vmap(
-                    lambda p: functional_call(self.model, p, (eye,))[0])(params)
-                return sim.rollout_table(table, noise)
+                ref = next(self.model.parameters())
+
+                def logits(p: dict[str, Tensor]) -> Tensor:
+                    return state_table(self.model, p, self.cfg.num_states, ref)[0]
+
+                own = dict(self.model.named_parameters())
+                return sim.rollout_table(logits(own) if params is None else torch.func.vmap(logits)(params), noise)
             if params is None:
                 return sim.rollout(lambda obs: self.model(obs)[0], noise)
             return sim.rollout(lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(
