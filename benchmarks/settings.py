@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from metaopt.dataclass_args import field_docs
+from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides, format_value
 from metaopt.maml import MAMLConfig
 
 __all__ = ["BenchSettings", "FULL", "QUICK", "METHODS", "UNROLL_MODES", "build_parser", "parse_settings", "flag"]
@@ -166,27 +166,12 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _int_tuple(value: str) -> tuple[int, ...]:
-    """Parse ``"10,40,160"`` into ``(10, 40, 160)`` (range checks are :meth:`BenchSettings.validate`'s)."""
-    try:
-        items = tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of ints, got {value!r}") from None
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of ints, got {value!r}")
-    return items
-
-
-def _show(value: Any) -> str:
-    """A default as typed on the command line."""
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def build_parser(presets: Mapping[str, BenchSettings] | None = None) -> argparse.ArgumentParser:
     """The parser of ``python benchmarks/run.py``: ``--out``, one flag per preset and one per settings field.
 
-    Field flags default to ``argparse.SUPPRESS``, so the namespace holds only the flags actually given; the
-    defaults shown in ``--help`` are read from :class:`BenchSettings` and the presets.
+    Field flags come from :func:`metaopt.dataclass_args.add_dataclass_arguments` and default to ``None`` (not
+    given), so only the flags actually given override the preset; ``--help`` shows each field's default and the
+    presets' values, read from :class:`BenchSettings`.
 
     Args:
         presets: Preset name -> settings (default ``{"quick": QUICK}``); each becomes a ``--name`` switch.
@@ -199,24 +184,12 @@ def build_parser(presets: Mapping[str, BenchSettings] | None = None) -> argparse
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output directory (default: benchmarks/results)")
     for name, preset in presets.items():
-        changed = [f"{flag(f.name)} {_show(getattr(preset, f.name))}" for f in dataclasses.fields(BenchSettings)
+        changed = [f"{flag(f.name)} {format_value(getattr(preset, f.name))}" for f in dataclasses.fields(BenchSettings)
                    if getattr(preset, f.name) != f.default]
         parser.add_argument(f"--{name}", action="store_true", help=f"start from the {name} preset: "
                             + ", ".join(changed).replace("%", "%%"))
-    docs = field_docs(BenchSettings)
-    for f in dataclasses.fields(BenchSettings):
-        shown = [f"default: {_show(f.default)}"] + [
-            f"--{p}: {_show(getattr(s, f.name))}" for p, s in presets.items() if getattr(s, f.name) != f.default
-        ]
-        help_text = f"{docs.get(f.name, '')} ({'; '.join(shown)})".strip().replace("%", "%%")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
-        if isinstance(f.default, bool):
-            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(f.default, tuple):
-            parser.add_argument(flag(f.name), type=_int_tuple, metavar="N[,N...]", **kw)
-        else:
-            parser.add_argument(flag(f.name), type=type(f.default), choices=BenchSettings.CHOICES.get(f.name),
-                                **kw)
+    add_dataclass_arguments(parser, BenchSettings, choices=BenchSettings.CHOICES, overridable=True,
+                            presets={name: dataclasses.asdict(p) for name, p in presets.items()})
     return parser
 
 
@@ -227,9 +200,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[BenchSettings, Pa
         SystemExit: Malformed flags (argparse's usage error, exit code 2).
         ValueError: Well-formed but invalid values; the message names the flag, the value and what was expected.
     """
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    preset = QUICK if args.pop("quick") else FULL
-    s = dataclasses.replace(preset, **args)
-    return s.validate(names={f.name: flag(f.name) for f in dataclasses.fields(BenchSettings)}), out
+    args = build_parser().parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    s = dataclasses.replace(preset, **dataclass_overrides(BenchSettings, args))
+    return s.validate(names={f.name: flag(f.name) for f in dataclasses.fields(BenchSettings)}), args.out

@@ -28,7 +28,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["field_docs", "add_dataclass_arguments", "dataclass_overrides", "parse_dataclass"]
+__all__ = ["field_docs", "add_dataclass_arguments", "dataclass_overrides", "parse_dataclass", "format_value"]
 
 T = TypeVar("T")
 
@@ -69,7 +69,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _show(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as typed on the command line: tuples as comma lists, ``None``/``()`` as ``none``."""
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
@@ -125,6 +126,7 @@ def add_dataclass_arguments(
     exclude: Sequence[str] = (),
     choices: Mapping[str, Sequence[Any]] | None = None,
     overridable: bool = False,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Add one flag per field of ``cls`` to ``parser``.
 
@@ -135,6 +137,8 @@ def add_dataclass_arguments(
         choices: Allowed values per field (besides ``metadata={"choices": ...}``).
         overridable: Every flag defaults to ``None`` ("not given"), for callers that layer explicit flags over
             presets (see :func:`dataclass_overrides`); the help still shows the dataclass default.
+        presets: Preset name -> the field values it sets; each value that differs from the default is shown
+            after it in the help (``(default: 40; --quick: 4)``).
 
     Returns:
         Field name -> flag (``"--field-name"``), e.g. to name flags in validation messages.
@@ -150,12 +154,16 @@ def add_dataclass_arguments(
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         allowed = (choices or {}).get(f.name, f.metadata.get("choices"))
         convert, is_bool = _converter(hints[f.name], allowed)
-        help_text = f"{docs.get(f.name, '')} (default: {_show(default)})".strip()
+        shown = [f"default: {format_value(default)}"] + [
+            f"--{name}: {format_value(values[f.name])}" for name, values in (presets or {}).items()
+            if f.name in values and values[f.name] != default]
+        help_text = f"{docs.get(f.name, '')} ({'; '.join(shown)})".strip().replace("%", "%%")
         kw: dict[str, Any] = {"default": None if overridable else default, "help": help_text}
         if is_bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hints[f.name]) is tuple:
-            parser.add_argument(flag, type=convert, metavar="A,B", **kw)
+            item = typing.get_args(hints[f.name])[0]
+            parser.add_argument(flag, type=convert, metavar="A,B" if item is str else "N[,N...]", **kw)
         else:
             parser.add_argument(flag, type=convert, choices=allowed, **kw)
     return flags
