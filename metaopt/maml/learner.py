@@ -176,7 +176,7 @@ class MetaLearner:
                 def logits(p: dict[str, Tensor]) -> Tensor:
                     return state_table(self.model, p, self.cfg.num_states, ref)[0]
 
-                own = dict(self.model.named_parameters())
+                own: dict[str, Tensor] = dict(self.model.named_parameters())
                 return sim.rollout_table(logits(own) if params is None else torch.func.vmap(logits)(params), noise)
             if params is None:
                 return sim.rollout(lambda obs: self.model(obs)[0], noise)
