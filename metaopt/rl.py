@@ -114,9 +114,8 @@ DEFAULT_A2C = A2CConfig()
 def task_major(traj: Trajectories, *, states: bool = False) -> Batch:
     """Convert simulator output (``[T, N, B, ...]``) to a task-major batch dict (``[N, T, B, ...]``).
 
-    With ``states=True`` the batch also carries the state indices (``states`` ``[N, T, B]``, ``last_states``
-    ``[N, B]``), and the losses of this module evaluate the network once per state and gather (see
-    :func:`a2c_terms`).
+    With ``states=True`` the batch also carries the state indices (``states`` ``[N, T, B]``), and the losses of this
+    module evaluate the network once per state and select the visits (see :func:`_forward`).
     """
     batch = {
         "observations": traj.observations.transpose(0, 1),
@@ -126,7 +125,7 @@ def task_major(traj: Trajectories, *, states: bool = False) -> Batch:
         "last_observations": traj.last_observations,
     }
     if states:
-        batch |= {"states": traj.states.transpose(0, 1), "last_states": traj.last_states}
+        batch["states"] = traj.states.transpose(0, 1)
     return batch
 
 
@@ -253,8 +252,7 @@ def a2c_terms(
     Returns:
         :class:`A2CTerms` ``(policy, value)``.
     """
-    if value_units not in VALUE_UNITS:
-        raise ValueError(f"value_units must be one of {VALUE_UNITS}, got {value_units!r}")
+    check_choice("value_units", value_units, VALUE_UNITS)
     logp, n, n_last = _forward(model, params, batch)
     assert logp is not None
     if state is None:
@@ -264,9 +262,10 @@ def a2c_terms(
     returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
     if state is None:
         adv_value = returns - values
+    elif value_units == "sg_scale":
+        adv_value = (returns - values) / state.sigma.detach()
     else:
-        sigma = state.sigma.detach() if value_units == "sg_scale" else state.sigma
-        adv_value = (returns - values) / sigma if value_units == "sg_scale" else pa.normalize(state, returns) - n
+        adv_value = pa.normalize(state, returns) - n
     # PopArt-IMPALA's policy step: advantages (and so every estimator's rewards and baselines) divided by sigma.
     scale = state.sigma.detach() if state is not None and cfg.popart_advantages else None
     if cfg.estimator == "surrogate":

@@ -129,6 +129,16 @@ def draw_noise(
     return RolloutNoise(action_u, transition_u, reward_z)
 
 
+def _sample(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling, the one rule for states and actions: the number of CDF entries ``< u``.
+
+    ``cdf`` is ``[..., K]`` (cumulative probabilities), ``u`` ``[...]`` uniforms; the index is clamped to
+    ``K - 1`` against a last entry that rounds below 1.
+    """
+    index = torch.searchsorted(cdf, u.unsqueeze(-1).contiguous()).squeeze(-1)
+    return index.clamp_(max=cdf.shape[-1] - 1)
+
+
 class Trajectories(NamedTuple):
     """A batch of rollouts, time-major (``T`` first) for backward recursions such as λ-returns.
 
@@ -140,7 +150,6 @@ class Trajectories(NamedTuple):
         states: ``[T, N, B]`` ``long`` states :math:`s_t`.
         last_observations: ``[N, B, S]`` one-hot observation :math:`o_T` after the final step.
         scales: ``[N]`` reward multipliers :math:`c`.
-        last_states: ``[N, B]`` ``long`` state :math:`s_T` after the final step.
     """
 
     observations: torch.Tensor
@@ -150,7 +159,6 @@ class Trajectories(NamedTuple):
     states: torch.Tensor
     last_observations: torch.Tensor
     scales: torch.Tensor
-    last_states: torch.Tensor
 
     @property
     def num_tasks(self) -> int:
@@ -168,7 +176,6 @@ class Trajectories(NamedTuple):
             states=self.states[:, ix],
             last_observations=self.last_observations[ix],
             scales=self.scales[ix],
-            last_states=self.last_states[ix],
         )
 
 
@@ -248,8 +255,7 @@ class BatchedTabularMDP:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Next state and reward for ``[N, B]`` states/actions with uniforms ``u`` and normals ``z``."""
         cdf = self._transition_cdf[task_idx, state, action]  # [N, B, S]
-        next_state = torch.searchsorted(cdf, u.unsqueeze(-1).contiguous()).squeeze(-1)
-        next_state = next_state.clamp_(max=self.num_states - 1)
+        next_state = _sample(cdf, u)
         reward = self.tasks.scales[:, None] * (self.tasks.reward_means[task_idx, state, action] + z)
         return next_state, reward
 
@@ -279,7 +285,6 @@ class BatchedTabularMDP:
             states=states,
             last_observations=self._eye[state],
             scales=self.tasks.scales.clone(),
-            last_states=state,
         )
 
     @torch.no_grad()
@@ -315,8 +320,7 @@ class BatchedTabularMDP:
                 )
             probs = torch.softmax(logits.to(self.dtype), dim=-1)
             cdf = probs.cumsum(dim=-1).contiguous()
-            action = torch.searchsorted(cdf, action_u[t].unsqueeze(-1).contiguous()).squeeze(-1)
-            return action.clamp_(max=self.num_actions - 1)
+            return _sample(cdf, action_u[t])
 
         return self._run(noise, choose)
 
@@ -348,9 +352,7 @@ class BatchedTabularMDP:
         task_idx = torch.arange(n, device=self.device)[:, None]
 
         def choose(t: int, state: torch.Tensor) -> torch.Tensor:
-            c = cdf[task_idx, state]  # [N, B, A]
-            action = torch.searchsorted(c, action_u[t].unsqueeze(-1).contiguous()).squeeze(-1)
-            return action.clamp_(max=a - 1)
+            return _sample(cdf[task_idx, state], action_u[t])  # CDFs [N, B, A]
 
         return self._run(noise, choose)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from metaopt import estimators
 from metaopt._validation import check_bool, check_choice, check_int, check_real
 from metaopt.engines import ENGINES
 from metaopt.inner_optim import KINDS
@@ -18,7 +19,7 @@ __all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES"]
 #: Which outer terms a learned inner hyperparameter follows.
 OBJECTIVES = ("policy", "value", "total")
 #: Meta-policy-gradient estimators of the inner step (see :mod:`metaopt.estimators`).
-ESTIMATORS = ("surrogate", "dice", "lvc")
+ESTIMATORS = tuple(estimators.ESTIMATORS)
 DTYPES = ("float32", "float64")
 
 
