@@ -144,25 +144,28 @@ def _unroll(run: RunStep, inner: InnerLoop, source: Any, lr: dict[str, Tensor], 
 
 # ------------------------------------------------------------------------------------------- batching
 def _single(step: Step, inner: InnerLoop) -> RunStep:
-    def run(k: int, lr: Any, beta: Tensor, stop: bool, *args: Any) -> Any:
-        return _task_step(step, inner, k, lr, beta, stop, *args)
-
-    return run
+    return partial(_task_step, step, inner)
 
 
 def _vmapped(step: Step, inner: InnerLoop, randomness: str) -> RunStep:
     def run(k: int, lr: Any, beta: Tensor, stop: bool, params: Params, batch: Any, state: Any, opt: Any) -> Any:
         one = partial(_task_step, step, inner, k, lr, beta, stop)
-        if state is None:
-            def no_state(p: Params, b: Any, o: InnerOptState) -> Any:
-                p, _, o, loss = one(p, b, None, o)
-                return p, o, loss
-
-            p, o, loss = torch.func.vmap(no_state, randomness=randomness)(params, batch, opt)
-            return p, None, o, loss
-        return torch.func.vmap(one, randomness=randomness)(params, batch, state, opt)
+        sd = None if state is None else 0  # no statistics: None in, None out
+        out_dims: Any = (0, sd, 0, 0)  # torch's annotation omits the None entries vmap accepts
+        vmapped = torch.func.vmap(one, in_dims=(0, 0, sd, 0), out_dims=out_dims, randomness=randomness)
+        return vmapped(params, batch, state, opt)
 
     return run
+
+
+def _task(tree: Any, i: int) -> Any:
+    """Task ``i`` of a tree of task-stacked tensors (other leaves as they are)."""
+    return pytree.tree_map(lambda t: t[i] if isinstance(t, Tensor) else t, tree)
+
+
+def _nan_like(tree: Any) -> Any:
+    """``tree`` with every tensor replaced by NaNs of its shape."""
+    return pytree.tree_map(lambda t: torch.full_like(t, float("nan")) if isinstance(t, Tensor) else t, tree)
 
 
 def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
@@ -173,33 +176,26 @@ def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
         for i in range(n):
             if i in failed:
                 continue
-            args = pytree.tree_map(lambda t, i=i: t[i] if isinstance(t, Tensor) else t, (params, batch, state, opt))
             try:
-                outs[i] = _task_step(step, inner, k, lr, beta, stop, *args)
+                outs[i] = _task_step(step, inner, k, lr, beta, stop, *_task((params, batch, state, opt), i))
             except NonFiniteValueError:
                 failed.add(i)
         ok = [o for o in outs if o is not None]
         if len(ok) < n:
-            nan = _nan_output(inner, params, state, ok[0] if ok else None)
+            nan = _nan_like(ok[0]) if ok else _nan_output(params, state)
             outs = [nan if o is None else o for o in outs]
         return pytree.tree_map(lambda *ts: torch.stack(ts) if isinstance(ts[0], Tensor) else ts[0], *outs)
 
     return run
 
 
-def _nan_output(inner: InnerLoop, params: Params, state: Any, like: Any) -> Any:
-    """NaN outputs of one task's step (the shape of ``like``, or built from the inputs when every task failed)."""
-    def nan(t: Tensor) -> Tensor:
-        return torch.full_like(t, float("nan"))
+def _nan_output(params: Params, state: Any) -> Any:
+    """NaN outputs of one task's step when every task has failed, built from the inputs.
 
-    if like is not None:
-        return pytree.tree_map(lambda t: nan(t) if isinstance(t, Tensor) else t, like)
-    one = {name: nan(p[0]) for name, p in params.items()}
-    kind, momentum = inner.optimizer.kind, inner.optimizer.momentum
-    buffers = dict(one) if kind == "adam" or momentum else {}
-    opt = InnerOptState(buffers, dict(one) if kind == "adam" else {})
-    loss = nan(next(iter(one.values())).sum())
-    return one, None if state is None else pa.PopArtState(*(nan(t[0]) for t in state)), opt, loss
+    The optimizer state is empty: a failed task is never stepped again, so nothing reads it.
+    """
+    one, task_state = _nan_like(_task((params, state), 0))
+    return one, task_state, inner_optim.init_state(), next(iter(one.values())).sum()
 
 
 def _num_tasks(batches: Any, popart_state: pa.PopArtState | None, num_tasks: int | None) -> int:
@@ -382,10 +378,10 @@ def map_tasks(fn: Callable[..., Tensor], *args: Any, engine: str = "func") -> Te
     outs: list[Tensor | None] = []
     for i in range(n):
         try:
-            outs.append(fn(*pytree.tree_map(lambda t, i=i: t[i] if isinstance(t, Tensor) else t, args)))
+            outs.append(fn(*_task(args, i)))
         except NonFiniteValueError:  # a task whose inputs are non-finite (e.g. a failed inner loop) gives NaN
             outs.append(None)
     ok = next((o for o in outs if o is not None), None)
     if ok is None:
         raise NonFiniteTaskError(f"every task's inputs are non-finite ({list(range(n))})", list(range(n)))
-    return torch.stack([torch.full_like(ok, float("nan")) if o is None else o for o in outs])
+    return torch.stack([_nan_like(ok) if o is None else o for o in outs])
