@@ -70,16 +70,12 @@ def pop_module_(module: nn.Module, weight: str, bias: str, old: pa.PopArtState, 
 
 
 def fast_param_names(fmodel: Any) -> list[str]:
-    """Dotted names of a ``higher`` patched module's ``fast_params``, in their order."""
-    out: list[str] = []
+    """Dotted names of a ``higher`` patched module's ``fast_params``, in their order.
 
-    def walk(m: Any, prefix: str) -> None:
-        out.extend(prefix + n for n in getattr(m, "_param_names", ()))
-        for child_name, child in m._modules.items():
-            walk(child, f"{prefix}{child_name}.")
-
-    walk(fmodel, "")
-    return out
+    ``higher`` keeps one fast weight per distinct tensor, in ``parameters()`` order, so a tied weight has one
+    name (its first), as in ``named_parameters()``.
+    """
+    return [n for n, _ in fmodel.named_parameters()]
 
 
 def pop_fmodel_(fmodel: Any, weight: str, bias: str, old: pa.PopArtState, new: pa.PopArtState

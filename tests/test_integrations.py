@@ -88,3 +88,29 @@ def test_pop_helpers_preserve_outputs_and_name_bad_slots():
             pop_fmodel_(fmodel, "value.weight", "value.b", old, new)
     with pytest.raises(TypeError, match="fmodel must be a higher patched module"):
         pop_fmodel_(model, "value.weight", "value.bias", old, new)
+
+
+class _Tied(torch.nn.Module):
+    """Two layers sharing one weight (``b.weight is a.weight``) and a value head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.value = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+        self.b.weight = self.a.weight
+        self.double()
+
+    def forward(self, x):
+        return self.value(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_pop_fmodel_rescales_the_head_of_a_model_with_tied_weights():
+    model = _Tied()
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    old, new = pa.init(1, dtype=torch.float64), pa.art(pa.init(1, dtype=torch.float64), 50 + 10 * x[:, 0], 0.5)
+    with higher.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=0.1)) as (fmodel, _):
+        names = fast_param_names(fmodel)
+        assert len(names) == len(fmodel.fast_params) == 5 and "b.weight" not in names  # one slot per tensor
+        before = fmodel(x).detach()
+        w, b = pop_fmodel_(fmodel, "value.weight", "value.bias", old, new)
+        assert w.shape == (1, 3) and b.shape == (1,)
+        assert relative_error(pa.unnormalize(new, fmodel(x)), before) <= 1e-12
