@@ -27,11 +27,6 @@ from metaopt.engines import set_module_tensor
 __all__ = ["pop_module_", "pop_fmodel_", "fast_param_names"]
 
 
-def _split(name: str) -> tuple[str, str]:
-    prefix, _, leaf = name.rpartition(".")
-    return prefix, leaf
-
-
 def pop_module_(module: nn.Module, weight: str, bias: str, old: pa.PopArtState, new: pa.PopArtState
                 ) -> tuple[Tensor, Tensor]:
     r"""POP on a module's current (fast) weights, in the module (:func:`metaopt.popart.pop`).
@@ -50,20 +45,12 @@ def pop_module_(module: nn.Module, weight: str, bias: str, old: pa.PopArtState, 
     Returns:
         The new ``(weight, bias)`` tensors (now in the module).
     """
-    tensors: list[Tensor] = []
+    slots = dict(module.named_parameters(remove_duplicate=False))  # the tensors now in the slots (fast weights)
     for arg, name in (("weight", weight), ("bias", bias)):
-        prefix, leaf = _split(name)
-        try:
-            owner = module.get_submodule(prefix)
-        except AttributeError:
-            owner = None
-        if owner is None or owner._parameters.get(leaf) is None:
+        if name not in slots:
             names = [n for n, _ in module.named_parameters()]
             raise ValueError(f"{arg}={name!r} is not a parameter slot of the module; expected one of {names}")
-        slot = owner._parameters[leaf]
-        assert slot is not None
-        tensors.append(slot)
-    w, b = pa.pop(tensors[0], tensors[1], old, new)
+    w, b = pa.pop(slots[weight], slots[bias], old, new)
     set_module_tensor(module, weight, w)
     set_module_tensor(module, bias, b)
     return w, b
