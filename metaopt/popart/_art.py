@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from metaopt._validation import (
-    check_choice,
     check_finite,
     check_open_unit_interval,
     check_same_dtype,
@@ -17,10 +16,10 @@ from metaopt._validation import (
 )
 from metaopt.popart._state import (
     _READ_MAX,
-    BATCH_RULES,
     DEFAULT_SIGMA_MAX,
     DEFAULT_SIGMA_MIN,
     PopArtState,
+    _check_batch_rule,
     _check_bounds,
     _check_state,
     _rounded,
@@ -138,9 +137,7 @@ def art(
                 f"beta must be a scalar or have shape [num_outputs]=[{state.num_outputs}], got {tuple(beta.shape)}"
             )
     _check_bounds(sigma_min, sigma_max, state.mu.dtype)
-    check_choice("batch_rule", batch_rule, BATCH_RULES)
-    if debias and batch_rule == "sum":
-        raise ValueError("debias=True needs batch_rule='moments' (rlax's 'sum' rule has no debiasing), got 'sum'")
+    _check_batch_rule(batch_rule, debias)
 
     y, mask = _group_targets(state, targets, task_ids)
     n = mask.sum(0)

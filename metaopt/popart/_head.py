@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metaopt._validation import check_choice, check_open_unit_interval
+from metaopt._validation import check_open_unit_interval
 from metaopt.popart._art import art, sigma_at_bound
 from metaopt.popart._pop import pop, unnormalize
 from metaopt.popart._state import (
-    BATCH_RULES,
     DEFAULT_SIGMA_MAX,
     DEFAULT_SIGMA_MIN,
     PopArtState,
+    _check_batch_rule,
     _check_bounds,
     init,
 )
@@ -75,11 +75,9 @@ class PopArtHead(nn.Module):
     ) -> None:
         super().__init__()
         check_open_unit_interval("beta", beta)
-        check_choice("batch_rule", batch_rule, BATCH_RULES)
+        _check_batch_rule(batch_rule, debias)
         s = init(num_outputs, dtype=dtype, device=device)  # validates num_outputs and dtype before nn.Linear
         _check_bounds(sigma_min, sigma_max, s.mu.dtype)
-        if debias and batch_rule == "sum":
-            raise ValueError("debias=True needs batch_rule='moments' (rlax's 'sum' rule has no debiasing), got 'sum'")
         self.beta, self.debias, self.sigma_min, self.sigma_max = beta, debias, sigma_min, sigma_max
         self.batch_rule = batch_rule
         self.linear = nn.Linear(in_features, num_outputs, dtype=s.mu.dtype, device=device)

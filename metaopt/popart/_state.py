@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metaopt._validation import check_finite, check_positive, check_positive_entries, is_concrete
+from metaopt._validation import check_choice, check_finite, check_positive, check_positive_entries, is_concrete
 
 __all__ = ["DEFAULT_SIGMA_MIN", "DEFAULT_SIGMA_MAX", "BATCH_RULES", "PopArtState", "init"]
 
@@ -117,6 +117,13 @@ def _check_state(state: PopArtState, name: str = "state") -> None:
 def _rounded(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype`` (as ``clamp`` rounds a bound), back as a Python float."""
     return torch.tensor(value, dtype=dtype).item()
+
+
+def _check_batch_rule(batch_rule: str, debias: bool) -> None:
+    """Check ``batch_rule`` is one of :data:`BATCH_RULES` and that ``debias`` goes with ``"moments"`` only."""
+    check_choice("batch_rule", batch_rule, BATCH_RULES)
+    if debias and batch_rule == "sum":
+        raise ValueError("debias=True needs batch_rule='moments' (rlax's 'sum' rule has no debiasing), got 'sum'")
 
 
 def _check_bounds(sigma_min: float, sigma_max: float, dtype: torch.dtype) -> None:
