@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.settings import UNROLL_MODES
+from metaopt.artifacts import write_json, write_text
 
 __all__ = ["stamp", "loadavg", "time_of", "evaluate_targets", "render_markdown", "write_results"]
 
@@ -288,6 +288,6 @@ def write_results(res: dict[str, Any], out: Path, name: str) -> tuple[Path, Path
     """Write ``<out>/<name>.json`` and ``<out>/<name>.md``; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / f"{name}.json", out / f"{name}.md"
-    js.write_text(json.dumps(res, indent=1) + "\n")
-    md.write_text(render_markdown(res))
+    write_json(js, res, indent=1)
+    write_text(md, render_markdown(res))
     return js, md

@@ -70,9 +70,9 @@ def write_text(path: Path | str, text: str) -> Path:
     return atomic_write(path, text)
 
 
-def write_json(path: Path | str, obj: Any, *, indent: int | None = 2) -> Path:
-    """Atomically write ``obj`` as JSON (with a trailing newline)."""
-    return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
+def write_json(path: Path | str, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> Path:
+    """Atomically write ``obj`` as JSON (with a trailing newline); ``allow_nan=False`` rejects NaN/inf."""
+    return atomic_write(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
 
 
 def csv_text(rows: Iterable[dict[str, Any]]) -> str:

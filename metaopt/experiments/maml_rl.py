@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 from metaopt import distributed as dist_lib
 from metaopt import loggers
 from metaopt._validation import check_int
-from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_text
+from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_json
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
 
@@ -53,8 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "metaopt.maml_rl/2"
 ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png", "meta_params.png")
-#: Run options that are not part of the configuration (checked before anything is written).
-RUN_OPTIONS = ("checkpoint_every", "nproc")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -290,7 +287,7 @@ def train(
         if overwrite:
             _clear_previous_run(out)
         remove_stale_temporaries(out, ARTIFACTS)
-        write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_json(out / "config.json", cfg.to_dict())
         backends: list[loggers.Logger] = []
         if tensorboard:
             backends.append(loggers.TensorBoardLogger(out / "tb"))
@@ -357,8 +354,7 @@ def train(
     if main:
         if history["train"]:
             flush()
-        write_text(out / "metrics.json", json.dumps({"config": cfg.to_dict(), "summary": summary, **history},
-                                                    indent=1))
+        write_json(out / "metrics.json", {"config": cfg.to_dict(), "summary": summary, **history}, indent=1)
         if plot and history["train"]:
             from metaopt.experiments.maml_plots import plot_run
 

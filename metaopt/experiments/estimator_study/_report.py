@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from metaopt.artifacts import atomic_write, remove_stale_temporaries, write_text
+from metaopt.artifacts import atomic_write, remove_stale_temporaries, write_json, write_text
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -125,7 +124,7 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out, OUTPUTS.values())
     paths = {"json": out / OUTPUTS["json"], "md": out / OUTPUTS["md"]}
-    write_text(paths["json"], json.dumps(results, indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], results, allow_nan=False)
     write_text(paths["md"], format_markdown(results))
     if plot:
         paths["png"] = atomic_write(out / OUTPUTS["png"], lambda f: _plot(results, f))
