@@ -14,10 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides, format_value
+from metaopt.dataclass_args import (
+    add_dataclass_arguments,
+    dataclass_flags,
+    dataclass_overrides,
+    flag_name,
+    format_value,
+)
 from metaopt.maml import MAMLConfig
 
-__all__ = ["BenchSettings", "FULL", "QUICK", "METHODS", "UNROLL_MODES", "build_parser", "parse_settings", "flag"]
+__all__ = ["BenchSettings", "FULL", "QUICK", "METHODS", "UNROLL_MODES", "build_parser", "parse_settings"]
 
 #: Rows of the comparison, in table order: the reference of the ratios (TorchOpt's loop, ``B`` envs stepped per
 #: time step, common random numbers), TorchOpt's rollout on common random numbers, TorchOpt's example as users run
@@ -161,11 +167,6 @@ QUICK = BenchSettings(
 
 
 # ------------------------------------------------------------------------------------------ command line
-def flag(field: str) -> str:
-    """The command-line flag of a settings field: ``task_counts`` -> ``--task-counts``."""
-    return "--" + field.replace("_", "-")
-
-
 def build_parser(presets: Mapping[str, BenchSettings] | None = None) -> argparse.ArgumentParser:
     """The parser of ``python benchmarks/run.py``: ``--out``, one flag per preset and one per settings field.
 
@@ -184,8 +185,8 @@ def build_parser(presets: Mapping[str, BenchSettings] | None = None) -> argparse
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output directory (default: benchmarks/results)")
     for name, preset in presets.items():
-        changed = [f"{flag(f.name)} {format_value(getattr(preset, f.name))}" for f in dataclasses.fields(BenchSettings)
-                   if getattr(preset, f.name) != f.default]
+        changed = [f"{flag_name(f.name)} {format_value(getattr(preset, f.name))}"
+                   for f in dataclasses.fields(BenchSettings) if getattr(preset, f.name) != f.default]
         parser.add_argument(f"--{name}", action="store_true", help=f"start from the {name} preset: "
                             + ", ".join(changed).replace("%", "%%"))
     add_dataclass_arguments(parser, BenchSettings, choices=BenchSettings.CHOICES, overridable=True,
@@ -203,4 +204,4 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[BenchSettings, Pa
     args = build_parser().parse_args(argv)
     preset = QUICK if args.quick else FULL
     s = dataclasses.replace(preset, **dataclass_overrides(BenchSettings, args))
-    return s.validate(names={f.name: flag(f.name) for f in dataclasses.fields(BenchSettings)}), args.out
+    return s.validate(names=dataclass_flags(BenchSettings)), args.out

@@ -28,7 +28,16 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["field_docs", "add_dataclass_arguments", "dataclass_overrides", "parse_dataclass", "format_value"]
+__all__ = [
+    "field_docs",
+    "add_dataclass_arguments",
+    "dataclass_overrides",
+    "dataclass_flags",
+    "dataclass_from_args",
+    "flag_name",
+    "parse_dataclass",
+    "format_value",
+]
 
 T = TypeVar("T")
 
@@ -149,7 +158,7 @@ def add_dataclass_arguments(
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = flag_name(f.name)
         flags[f.name] = flag
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         allowed = (choices or {}).get(f.name, f.metadata.get("choices"))
@@ -167,6 +176,21 @@ def add_dataclass_arguments(
         else:
             parser.add_argument(flag, type=convert, choices=allowed, **kw)
     return flags
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a dataclass field: ``task_counts`` -> ``--task-counts``."""
+    return "--" + field.replace("_", "-")
+
+
+def dataclass_flags(cls: type) -> dict[str, str]:
+    """Field name -> flag for every field of ``cls``, as :func:`add_dataclass_arguments` names them."""
+    return {f.name: flag_name(f.name) for f in dataclasses.fields(cls)}
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """An instance of ``cls`` from the parsed flags of all its fields."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def dataclass_overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -197,4 +221,4 @@ def parse_dataclass(
         raise TypeError(f"cls must be a dataclass, got {cls!r}")
     parser = argparse.ArgumentParser(description=description)
     add_dataclass_arguments(parser, cls, choices=choices)
-    return cls(**vars(parser.parse_args(argv)))
+    return dataclass_from_args(cls, parser.parse_args(argv))

@@ -32,7 +32,7 @@ from metaopt import distributed as dist_lib
 from metaopt import loggers
 from metaopt._validation import check_int
 from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_json
-from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
+from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
 
 __all__ = ["PRESETS", "CHECKPOINT", "ARTIFACTS", "add_arguments", "run", "train", "config_from_args",
@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: Configuration field -> command-line flag, for error messages.
-FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(MAMLConfig)}
+FLAGS = dataclass_flags(MAMLConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> MAMLConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metaopt.artifacts import check_out_dir
-from metaopt.dataclass_args import add_dataclass_arguments
+from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.estimator_study._report import format_markdown, write_outputs
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Settings:
 
 
 #: Settings field -> command-line flag, for error messages.
-FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(Settings)}
+FLAGS = dataclass_flags(Settings)
 
 
 def _show(value: Any) -> str:
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         0, or 2 for bad input (one ``error:`` line on stderr naming the flag, nothing written).
     """
     try:
-        settings = _check(Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}))
+        settings = _check(dataclass_from_args(Settings, args))
     except (TypeError, ValueError) as err:
         print(f"metaopt estimator-study: error: {err}", file=sys.stderr)
         return 2

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metaopt.artifacts import check_out_dir
-from metaopt.dataclass_args import add_dataclass_arguments
+from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.popart_regression._experiment import run_experiment
 from metaopt.experiments.popart_regression._protocols import (
     DEFAULT_METHODS,
@@ -64,7 +64,7 @@ class Settings:
 
 
 #: Settings field -> command-line flag, for error messages.
-FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(Settings)}
+FLAGS = dataclass_flags(Settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0, or 2 for bad input (one ``error:`` line on stderr naming the flag, nothing written).
     """
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    settings = dataclass_from_args(Settings, args)
     try:
         _check(settings)
     except (TypeError, ValueError) as err:

@@ -22,13 +22,13 @@ import multiprocessing as mp
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from metaopt._validation import check_int
 from metaopt.artifacts import check_out_dir, write_json, write_text
-from metaopt.dataclass_args import add_dataclass_arguments, dataclass_overrides
+from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
 from metaopt.experiments.study._parts import PARTS, QUICK, StudySettings, build_runs
 from metaopt.experiments.study._report import aggregate, markdown, plot, targets
 from metaopt.experiments.study._runs import RunSpec, exact_gains, execute, t_interval
@@ -36,7 +36,7 @@ from metaopt.experiments.study._runs import RunSpec, exact_gains, execute, t_int
 __all__ = ["PARTS", "StudySettings", "RunSpec", "build_runs", "execute", "exact_gains", "t_interval",
            "run_study", "add_arguments", "run"]
 
-FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(StudySettings)}
+FLAGS = dataclass_flags(StudySettings)
 
 
 def _check(s: StudySettings) -> StudySettings:
