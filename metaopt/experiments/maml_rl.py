@@ -56,7 +56,6 @@ ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the ``maml-rl`` arguments: the :class:`MAMLConfig` fields (over a preset) and the run options."""
-    p.formatter_class = argparse.HelpFormatter
     p.add_argument("--preset", choices=sorted(PRESETS), default="reference",
                    help="named configuration; explicit flags override it: " + "; ".join(
                        f"{k}: {', '.join(f'{f}={v}' for f, v in d.items()) or 'the defaults'}"

@@ -56,6 +56,7 @@ def parse_list(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``verify``'s options to ``parser``."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # --checks shows its default list
     parser.add_argument("--checks", type=parse_list(CHECK_NAMES, "check"), default=",".join(CHECK_NAMES),
                         help="comma-separated checks to run")
     parser.add_argument("--engines", type=parse_list(ENGINES, "engine"), default=argparse.SUPPRESS,

@@ -116,7 +116,6 @@ def _show(value: Any) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``estimator-study`` flags to ``parser``: one per :class:`Settings` field."""
-    parser.formatter_class = argparse.HelpFormatter  # the help texts already state the defaults
     add_dataclass_arguments(parser, Settings)
 
 

@@ -69,7 +69,6 @@ FLAGS = dataclass_flags(Settings)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``popart-regression`` flags to ``parser``: one per :class:`Settings` field."""
-    parser.formatter_class = argparse.HelpFormatter  # the help texts already state the defaults
     add_dataclass_arguments(parser, Settings)
 
 

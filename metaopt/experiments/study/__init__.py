@@ -99,7 +99,6 @@ def run_study(s: StudySettings, *, command: str = "metaopt study", log: Any = pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the :class:`StudySettings` flags (``--quick`` loads a tiny budget; explicit flags override it)."""
-    parser.formatter_class = argparse.HelpFormatter
     add_dataclass_arguments(parser, StudySettings, overridable=True)
 
 
