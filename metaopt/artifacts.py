@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "csv_text", "save_figure",
-           "remove_stale_temporaries", "check_out_dir"]
+           "remove_stale_temporaries", "check_out_dir", "check_outputs"]
 
 
 def atomic_write(path: Path | str, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
@@ -120,3 +120,13 @@ def check_out_dir(out: Path, flag: str = "--out") -> None:
         raise ValueError(f"{flag} must be a directory path, got {str(out)!r} ({str(p)!r} is a file)")
     if not os.access(p, os.W_OK):
         raise ValueError(f"{flag} must be writable, got {str(out)!r} ({str(p)!r} is not writable)")
+
+
+def check_outputs(out: Path, *, plot: bool) -> None:
+    """:func:`check_out_dir` for ``--out``, and with ``plot`` that matplotlib can be imported (for ``--plot``)."""
+    check_out_dir(out)
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:  # pragma: no cover - matplotlib is a dev dependency
+            raise ValueError(f"--plot needs matplotlib ({e}); install it or pass --no-plot") from e

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metaopt.artifacts import check_out_dir
+from metaopt.artifacts import check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.estimator_study._report import format_markdown, write_outputs
 
@@ -122,12 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(settings: Settings) -> Settings:
     """Check everything before any work: the settings, ``--out`` and the plot's matplotlib."""
     settings.validate()
-    check_out_dir(Path(settings.out))
-    if settings.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as e:  # pragma: no cover - matplotlib is a dev dependency
-            raise ValueError(f"--plot needs matplotlib ({e}); install it or pass --no-plot") from e
+    check_outputs(Path(settings.out), plot=settings.plot)
     return settings.resolved()
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaopt.artifacts import check_out_dir
+from metaopt.artifacts import check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.popart_regression._experiment import run_experiment
 from metaopt.experiments.popart_regression._protocols import (
@@ -75,12 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(settings: Settings) -> None:
     """Check everything before any work: the experiment's arguments, ``--out`` and the plot's matplotlib."""
     _check_arguments(**settings.experiment(), names=FLAGS)
-    check_out_dir(Path(settings.out))
-    if settings.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as e:  # pragma: no cover - matplotlib is a dev dependency
-            raise ValueError(f"--plot needs matplotlib ({e}); install it or pass --no-plot") from e
+    check_outputs(Path(settings.out), plot=settings.plot)
 
 
 def run(args: argparse.Namespace) -> int:
