@@ -217,8 +217,6 @@ def parse_dataclass(
     Returns:
         ``cls(**parsed)``.
     """
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"cls must be a dataclass, got {cls!r}")
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description)  # add_dataclass_arguments checks cls
     add_dataclass_arguments(parser, cls, choices=choices)
     return dataclass_from_args(cls, parser.parse_args(argv))
