@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -54,9 +54,7 @@ from metaopt._validation import check_choice, check_int, check_real
 from metaopt.engines import ENGINES, InnerLoop, adapt
 from metaopt.envs import BatchedTabularMDP, TaskBatch, sample_tasks
 from metaopt.meta_params import MetaParameters
-
-if TYPE_CHECKING:
-    from metaopt.verify._rows import CheckResult
+from metaopt.verify._rows import F64, CheckResult, _row
 
 __all__ = [
     "BASELINES",
@@ -69,7 +67,6 @@ __all__ = [
     "check_estimators",
 ]
 
-F64 = torch.float64
 #: Baselines :math:`b_t(s)` of the estimators: the exact :math:`V_t(s)` of :math:`\pi_{\theta_0}`, the
 #: network's value head :math:`V(s)` (the job's), or none.
 BASELINES = ("exact", "value", "none")
@@ -171,17 +168,22 @@ class EstimatorProblem:
             self._cache[key] = self.flat(grads).detach()
         return self._cache[key]
 
-    def exact_inner_steps(self) -> Tensor:
-        r""":math:`\alpha\kappa\nabla J_n(\theta_0)` per task, flattened and concatenated over tasks, ``[N P]``."""
-        if "inner" not in self._cache:
+    def task_gradients(self) -> list[Params]:
+        r"""Per task, :math:`\nabla J_n(\theta_0)` by parameter name (exact, detached; zeros where unused)."""
+        if "task_grads" not in self._cache:
             params = self.params()
             j = exact.expected_return(self.tasks, self.logits(params), horizon=self.horizon, gamma=self.gamma)
-            rows = []
+            out = []
             for n in range(self.tasks.num_tasks):
                 grads = torch.autograd.grad(j[n], list(params.values()), retain_graph=True, allow_unused=True)
-                rows.append(self.flat(grads) * (self.lr * self.kappa))
-            self._cache["inner"] = torch.cat(rows).detach()
-        return self._cache["inner"]
+                out.append({k: (torch.zeros_like(params[k]) if g is None else g).detach()
+                            for k, g in zip(params, grads, strict=True)})
+            self._cache["task_grads"] = out
+        return self._cache["task_grads"]
+
+    def exact_inner_steps(self) -> Tensor:
+        r""":math:`\alpha\kappa\nabla J_n(\theta_0)` per task, flattened and concatenated over tasks, ``[N P]``."""
+        return torch.cat([self.flat(list(g.values())) * (self.lr * self.kappa) for g in self.task_gradients()])
 
     def outer_linearization(self) -> list[Params]:
         r"""Per task, the slope :math:`\nabla J_n(\bar\theta'_n)` of the linearized outer objective (detached).
@@ -190,18 +192,14 @@ class EstimatorProblem:
         """
         if "linear" not in self._cache:
             params = self.params()
-            names = list(params)
-            j = exact.expected_return(self.tasks, self.logits(params), horizon=self.horizon, gamma=self.gamma)
             out = []
-            for n in range(self.tasks.num_tasks):
-                grads = torch.autograd.grad(j[n], list(params.values()), retain_graph=True, allow_unused=True)
-                bar = {k: (params[k] + self.lr * self.kappa * (torch.zeros_like(params[k]) if g is None else g))
-                       .detach().requires_grad_() for k, g in zip(names, grads, strict=True)}
+            for n, grads in enumerate(self.task_gradients()):
+                bar = {k: (params[k] + self.lr * self.kappa * g).detach().requires_grad_() for k, g in grads.items()}
                 j_bar = exact.expected_return(self.tasks.select(n), self.logits(bar), horizon=self.horizon,
                                               gamma=self.gamma).sum()
                 slope = torch.autograd.grad(j_bar, list(bar.values()), allow_unused=True)
                 out.append({k: (torch.zeros_like(bar[k]) if g is None else g).detach()
-                            for k, g in zip(names, slope, strict=True)})
+                            for k, g in zip(bar, slope, strict=True)})
             self._cache["linear"] = out
         return self._cache["linear"]
 
@@ -412,8 +410,6 @@ def check_estimators(engines: Sequence[str]) -> list[CheckResult]:
     * ``surrogate|lvc: mean meta-gradient vs exact limit`` — each biased estimator converges to the limit
       :func:`metaopt.exact.exact_maml_return` predicts (``inner_estimator=``).
     """
-    from metaopt.verify._rows import CheckResult, _row
-
     cfg = CHECK_SETTINGS
     name, z = "estimators", cfg.z
     with torch.random.fork_rng(devices=[]):
