@@ -13,3 +13,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def catalogue_rows():
+    """Every ``metaopt verify`` row on every installed engine, run once for the session."""
+    from metaopt.verify.catalogue import run_catalogue
+
+    return run_catalogue()

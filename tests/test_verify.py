@@ -22,8 +22,8 @@ EXAMPLES = sorted((ROOT / "examples").glob("verify_*.py"))
 
 
 @pytest.fixture(scope="module")
-def rows() -> list[CheckResult]:
-    return run_catalogue()
+def rows(catalogue_rows) -> list[CheckResult]:
+    return catalogue_rows
 
 
 def _find(rows, check, engine, quantity):
