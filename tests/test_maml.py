@@ -141,13 +141,6 @@ def test_cli_writes_all_artifacts(tmp_path):
     assert summary["status"] == "completed" and "adaptation_gain_norm" in summary
 
 
-@pytest.mark.parametrize("engine", ["higher", "torchopt"])
-def test_cli_runs_on_loop_engines(tmp_path, engine):
-    rc = main(["maml-rl", "--preset", "smoke", "--engine", engine, "--iterations", "2", "--out",
-               str(tmp_path / engine), "--no-progress", "--no-plot"])
-    assert rc == 0
-
-
 @pytest.mark.parametrize("estimator", ["dice", "lvc"])
 def test_job_estimators_same_meta_gradient_on_every_engine(estimator):
     def grads(engine):
