@@ -62,7 +62,7 @@ def test_import_and_cli_help_and_version_do_not_import_torch():
     code = (
         "import sys, contextlib, io, metaopt, metaopt.cli\n"
         "assert 'torch' not in sys.modules, 'import metaopt imported torch'\n"
-        "for argv in (['--help'], ['--version'], ['maml-rl', '--help']):\n"
+        "for argv in (['--help'], ['--version'], ['estimator-study', '--help'], ['maml-rl', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            metaopt.cli.main(argv)\n"
