@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from metaopt._validation import check_int
 from metaopt.envs import ENV_ID, TabularMDPEnv, draw_noise
 from metaopt.maml import PER_TASK, IterationData, MAMLConfig, MetaLearner
 from metaopt.rl import ActorCritic
@@ -395,8 +396,7 @@ def compare_as_written(cfg: MAMLConfig, *, draws: int = 4, scale: float = 1.0) -
         ``cosine_of_means`` (between the two mean gradients), ``cosine_within_metaopt`` (between the means of
         the two halves of the metaopt draws: what noise alone gives), and the per-task mean returns of both.
     """
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise ValueError(f"draws must be an int >= 2, got {draws!r}")
+    check_int("draws", draws, low=2)
     learner = MetaLearner(cfg)
     data = learner.sample_iteration()
     tasks, c = data.tasks, cfg

@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 
+from metaopt._validation import check_int
 from metaopt.maml import MAMLConfig
 
 __all__ = ["forward_flops", "iteration_flops", "matmul_rate", "machine_rates", "JOB_SHAPE", "PEAK_SHAPE"]
@@ -133,8 +134,7 @@ def matmul_rate(
         ``shape``, ``dtype``, ``flops`` (``2 m k n``), ``seconds`` (per product, best round) and ``gflops``.
     """
     for name, v in (("m", m), ("k", k), ("n", n), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        check_int(name, v, low=1)
     if not min_time_s > 0:
         raise ValueError(f"min_time_s must be > 0, got {min_time_s!r}")
     gen = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from metaopt._validation import check_choice, check_int
 from metaopt.dataclass_args import (
     add_dataclass_arguments,
     dataclass_flags,
@@ -123,13 +124,9 @@ class BenchSettings:
             raise ValueError(f"{n('name')} must be a non-empty file stem without '/', got {self.name!r}")
         for f in ("tasks", "trajectories", "horizon", "reps", "scaling_reps", "min_reps", "popart_reps",
                   "sanity_draws", "threads"):
-            v = getattr(self, f)
-            if not is_int(v) or v < 1:
-                raise ValueError(f"{n(f)} must be an int >= 1, got {v!r}")
+            check_int(n(f), getattr(self, f), low=1)
         for f in ("warmup", "seed"):
-            v = getattr(self, f)
-            if not is_int(v) or v < 0:
-                raise ValueError(f"{n(f)} must be an int >= 0, got {v!r}")
+            check_int(n(f), getattr(self, f), low=0)
         for f in ("task_counts", "baseline_task_counts", "unroll"):
             v = getattr(self, f)
             v = tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
@@ -140,8 +137,7 @@ class BenchSettings:
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{n(f)} must be True or False, got {getattr(self, f)!r}")
         for f, allowed in self.CHOICES.items():
-            if getattr(self, f) not in allowed:
-                raise ValueError(f"{n(f)} must be one of {allowed}, got {getattr(self, f)!r}")
+            check_choice(n(f), getattr(self, f), allowed)
         for f in ("budget_s", "matmul_time_s"):
             b = getattr(self, f)
             if isinstance(b, bool) or not isinstance(b, int | float) or not (math.isfinite(b) and b > 0):
