@@ -61,8 +61,7 @@ def test_job_meta_parameter_gradients_match_finite_differences():
 
 def _with_zero_lr(learner):
     # lr = exp(-inf) = 0 exactly: the inner step changes nothing but POP (which preserves the value outputs).
-    learner.meta.log_lr.data.fill_(float("-inf")) if "lr" in learner.cfg.learn else learner.meta.log_lr.fill_(
-        float("-inf"))
+    learner.meta.log_lr.data.fill_(float("-inf"))  # .data: log_lr is a leaf that requires grad when learned
     return learner
 
 
