@@ -79,16 +79,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 def a2c_terms(net: Callable, batch: Batch, state: popart.PopArtState, args: Args, *, outer: bool = False) -> tuple:
-    """Lambda-returns ``G`` (bootstrapped from the detached ``V = sigma n + mu``) and the A2C policy and value terms.
+    """Lambda-returns ``G`` (bootstrapped from ``sigma sg(n) + mu``) and the A2C policy and value terms.
 
-    The value error is ``(G - mu) / sigma - n`` in the inner loss and ``(G - V) / stopgrad(sigma)`` outside.
+    Inner loss: only the network's output is stopped, so the advantage ``(G - mu) / sigma - sg(n)`` and the
+    bootstrap keep their dependence on the statistics (beta's meta-gradient path); the value error is
+    ``(G - mu) / sigma - n``. Outer terms: the advantage is a constant and the value error ``(G - V) / sg(sigma)``.
     """
     logits, n = net(batch["observations"])
     _, n_last = net(batch["last_observations"])
-    v, v_last = popart.unnormalize(state, n), popart.unnormalize(state, n_last)  # metaopt: V = sigma n + mu
-    g = lambda_returns(batch["rewards"], v.detach(), v_last.detach(), batch["dones"], args.gamma, args.lam)
-    adv = ((g - v) / state.sigma).detach()  # metaopt: scale-free advantages
-    err = (g - v) / state.sigma.detach() if outer else popart.normalize(state, g) - n  # metaopt: value error
+    stats = popart.PopArtState(*(t.detach() for t in state)) if outer else state
+    v, v_last = popart.unnormalize(stats, n.detach()), popart.unnormalize(stats, n_last.detach())  # metaopt: sg(n)
+    g = lambda_returns(batch["rewards"], v, v_last, batch["dones"], args.gamma, args.lam)
+    adv = (g - v) / stats.sigma  # metaopt: scale-free advantages, differentiable in the statistics
+    values = popart.unnormalize(state, n)  # metaopt: V = sigma n + mu
+    err = (g - values) / state.sigma.detach() if outer else popart.normalize(state, g) - n  # metaopt: value error
     logp = F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
     return g, -(adv * logp).mean(), (err**2).mean()
 

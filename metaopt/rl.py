@@ -24,6 +24,7 @@ from metaopt.inner_optim import InnerOptimizer, sgd
 
 __all__ = [
     "ActorCritic",
+    "ACTIVATIONS",
     "A2CConfig",
     "Batch",
     "task_major",
@@ -35,6 +36,8 @@ __all__ = [
     "a2c_loss",
     "returns_targets",
     "make_inner_loop",
+    "PolicyHealth",
+    "policy_health",
 ]
 
 Params = dict[str, Tensor]
@@ -43,8 +46,13 @@ Params = dict[str, Tensor]
 Batch = dict[str, Tensor]
 
 
+#: Hidden activations of :class:`ActorCritic` (``relu`` is TorchOpt's; the others have no dead zone).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU,
+                                           "leaky_relu": nn.LeakyReLU}
+
+
 class ActorCritic(nn.Module):
-    """Body ``Linear(S, H)-ReLU-Linear(H, H)-ReLU``, a categorical policy head and a value head.
+    """Body ``Linear(S, H)-act-Linear(H, H)-act``, a categorical policy head and a value head.
 
     The value head outputs *normalized* values ``n(s)`` when PopArt is used (unnormalized
     ``V(s) = sigma n(s) + mu``); without PopArt, ``n(s)`` is the value itself.
@@ -53,16 +61,18 @@ class ActorCritic(nn.Module):
         num_states: Observation size (one-hot states).
         num_actions: Number of discrete actions.
         hidden: Hidden width.
+        activation: Hidden activation, a key of :data:`ACTIVATIONS`.
         device: Device of the parameters (default: torch's default device).
         dtype: Floating dtype of the parameters.
     """
 
-    def __init__(self, num_states: int = 10, num_actions: int = 5, hidden: int = 32, *,
+    def __init__(self, num_states: int = 10, num_actions: int = 5, hidden: int = 32, *, activation: str = "relu",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        check_choice("activation", activation, tuple(ACTIVATIONS))
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.body = nn.Sequential(nn.Linear(num_states, hidden, **kw), nn.ReLU(), nn.Linear(hidden, hidden, **kw),
-                                  nn.ReLU())
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(nn.Linear(num_states, hidden, **kw), act(), nn.Linear(hidden, hidden, **kw), act())
         self.policy = nn.Linear(hidden, num_actions, **kw)
         self.value = nn.Linear(hidden, 1, **kw)
 
@@ -189,18 +199,22 @@ def _forward(model: nn.Module, params: Params, batch: Batch, *, values_only: boo
 def returns_targets(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig
 ) -> Tensor:
-    """ART's targets: lambda-returns of ``batch`` bootstrapped from the (unnormalized, detached) values of ``params``.
+    r"""ART's targets: lambda-returns of ``batch`` bootstrapped from the unnormalized values of ``params``.
+
+    The bootstrap is :math:`\sigma\,\operatorname{sg}(n(s)) + \mu`: the network's output is a constant (no
+    gradient into the fast weights), while the statistics ``state`` keep their dependence on ``beta`` and on earlier
+    targets, so a meta-gradient reaches ``beta`` through every ART step, not only the latest one.
 
     Statistics that have never been updated (``state.count == 0``: fresh per-task statistics) do not yet give the
     value head's output any unit, so their first targets are the Monte-Carlo returns (``lambda = 1``, no
     bootstrap): otherwise ``mu = 0, sigma = 1`` would read the initial head's raw output as a return and, for a
     task with small rewards, the bootstrap would dominate the first scale estimate.
     """
-    with torch.no_grad():  # the bootstrap values are detached anyway: record no graph for them
+    with torch.no_grad():  # sg(n): record no graph for the network's part of the bootstrap
         _, n, n_last = _forward(model, params, batch, values_only=True)
     if state is None:
         return lambda_returns(batch["rewards"], n, n_last, batch["dones"], cfg.gamma, cfg.lam)
-    v, v_last = pa.unnormalize(state, n).detach(), pa.unnormalize(state, n_last).detach()
+    v, v_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
     bootstrapped = lambda_returns(batch["rewards"], v, v_last, batch["dones"], cfg.gamma, cfg.lam)
     zero = torch.zeros_like(n_last)
     monte_carlo = lambda_returns(batch["rewards"], torch.zeros_like(n), zero, batch["dones"], cfg.gamma, 1.0)
@@ -221,7 +235,7 @@ class A2CTerms(NamedTuple):
 
 def a2c_terms(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig = DEFAULT_A2C,
-    *, value_units: str = "normalized",
+    *, value_units: str = "normalized", statistics_gradient: bool = False,
 ) -> A2CTerms:
     r"""The policy and value terms of the A2C loss on one task's trajectories.
 
@@ -230,9 +244,9 @@ def a2c_terms(
 
     (``P`` is the surrogate; ``cfg.estimator`` selects DiCE or LVC instead, see :mod:`metaopt.estimators`).
 
-    ``G`` are the lambda-returns (:func:`lambda_returns`) with detached bootstrap values. Without PopArt
-    ``A = A_v = G - V(s)``. With PopArt (``V(s) = \sigma n(s) + \mu``) the value error is scale-free and
-    ``value_units`` says how it depends on the statistics:
+    ``G`` are the lambda-returns (:func:`lambda_returns`) bootstrapped from values the fast weights do not move.
+    Without PopArt ``A = A_v = G - V(s)``. With PopArt (``V(s) = \sigma n(s) + \mu``) the value error is
+    scale-free and ``value_units`` says how it depends on the statistics:
 
     * ``"normalized"``: :math:`A_v = (G - \mu)/\sigma - n(s)` (PopArt's loss; the inner loop's choice);
     * ``"sg_scale"``: :math:`A_v = (G - V(s)) / \operatorname{sg}(\sigma)` -- the same value, but no gradient
@@ -241,6 +255,14 @@ def a2c_terms(
 
     The policy uses ``A = (G - V)/sigma`` if ``popart_advantages`` else ``G - V``.
 
+    ``statistics_gradient`` says what the stop-gradients cut. Off (the outer terms' choice): the advantage, the
+    bootstrap values and the policy's ``1/sigma`` are constants, so the terms depend on the statistics only through
+    the value error. On (the inner loss's choice, :func:`a2c_loss`): only the network's output is stopped, as PopArt's
+    Algorithm 1 asks -- the bootstrap is :math:`\sigma\,\operatorname{sg}(n) + \mu` and the policy's normalized
+    advantage :math:`(G - \mu)/\sigma - \operatorname{sg}(n)` -- so the gradient with respect to ``params`` has the
+    same value, while the statistics (and through them ``beta`` and the targets) stay differentiable: the inner
+    step's direction depends on ``beta``, which is what gives a learned ``beta`` its meta-gradient.
+
     Args:
         model: The :class:`ActorCritic` (its structure; values come from ``params``).
         params: Parameters by name.
@@ -248,18 +270,23 @@ def a2c_terms(
         state: PopArt statistics, or ``None`` for no PopArt.
         cfg: Loss settings.
         value_units: ``"normalized"`` or ``"sg_scale"`` (PopArt only).
+        statistics_gradient: Keep the dependence on ``state`` of the advantage, the bootstrap values and the
+            policy's scale (PopArt only; see above).
 
     Returns:
         :class:`A2CTerms` ``(policy, value)``.
     """
     check_choice("value_units", value_units, VALUE_UNITS)
+    check_bool("statistics_gradient", statistics_gradient)
     logp, n, n_last = _forward(model, params, batch)
     assert logp is not None
     if state is None:
-        values, last = n, n_last
+        values, fixed, fixed_last = n, n.detach(), n_last.detach()
     else:
-        values, last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)
-    returns = lambda_returns(batch["rewards"], values.detach(), last.detach(), batch["dones"], cfg.gamma, cfg.lam)
+        values = pa.unnormalize(state, n)
+        stats = state if statistics_gradient else _detach_state(state)
+        fixed, fixed_last = pa.unnormalize(stats, n.detach()), pa.unnormalize(stats, n_last.detach())
+    returns = lambda_returns(batch["rewards"], fixed, fixed_last, batch["dones"], cfg.gamma, cfg.lam)
     if state is None:
         adv_value = returns - values
     elif value_units == "sg_scale":
@@ -267,12 +294,14 @@ def a2c_terms(
     else:
         adv_value = pa.normalize(state, returns) - n
     # PopArt-IMPALA's policy step: advantages (and so every estimator's rewards and baselines) divided by sigma.
-    scale = state.sigma.detach() if state is not None and cfg.popart_advantages else None
+    scale = None
+    if state is not None and cfg.popart_advantages:
+        scale = state.sigma if statistics_gradient else state.sigma.detach()
     if cfg.estimator == "surrogate":
-        adv = (returns - values).detach()
+        adv = returns - fixed
         policy = -((adv if scale is None else adv / scale) * logp).mean()
     else:
-        r, v, v_last = batch["rewards"], values.detach(), last.detach()
+        r, v, v_last = batch["rewards"], fixed, fixed_last
         if scale is not None:
             r, v, v_last = r / scale, v / scale, v_last / scale
         policy = estimators.policy_loss(cfg.estimator, logp, r, batch["dones"], v, gamma=cfg.gamma,
@@ -280,10 +309,18 @@ def a2c_terms(
     return A2CTerms(policy, (adv_value**2).mean())
 
 
+def _detach_state(state: pa.PopArtState) -> pa.PopArtState:
+    return pa.PopArtState(*(t.detach() for t in state))
+
+
 def a2c_loss(
     model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None, cfg: A2CConfig = DEFAULT_A2C
 ) -> Tensor:
     r"""A2C loss on one task's trajectories: :math:`c_\pi P + c_v V` of :func:`a2c_terms` (normalized units).
+
+    This is the inner loop's loss: only the network's output is stopped in the advantage and the bootstrap
+    (``statistics_gradient=True`` of :func:`a2c_terms`), so its gradient with respect to ``params`` is PopArt's and
+    depends differentiably on the statistics.
 
     Args:
         model: The :class:`ActorCritic` (its structure; values come from ``params``).
@@ -295,7 +332,7 @@ def a2c_loss(
     Returns:
         Scalar loss.
     """
-    terms = a2c_terms(model, params, batch, state, cfg)
+    terms = a2c_terms(model, params, batch, state, cfg, statistics_gradient=True)
     return cfg.policy_coef * terms.policy + cfg.value_coef * terms.value
 
 
@@ -328,3 +365,51 @@ def make_inner_loop(
     return InnerLoop(
         loss, steps=steps, optimizer=optimizer or sgd(), first_order=first_order, truncate=truncate, popart=spec,
     )
+
+
+class PolicyHealth(NamedTuple):
+    """Whether a network's policy still depends on its input (see :func:`policy_health`).
+
+    Attributes:
+        live_units: Per hidden activation layer of the model, the fraction of its units whose output varies over the
+            observations (a ReLU unit that is 0 on every input is dead: no gradient reaches its weights).
+        logit_spread: Mean over actions of the standard deviation over observations of the log-probabilities;
+            0 when the policy is the same in every state.
+    """
+
+    live_units: tuple[float, ...]
+    logit_spread: float
+
+
+def policy_health(model: nn.Module, params: Params, observations: Tensor) -> PolicyHealth:
+    r"""Live hidden units and the policy's dependence on the observation, measured on ``observations``.
+
+    .. math::
+        \text{live}_\ell = \frac{1}{H_\ell}\sum_j \mathbb{1}\big[\max_s h_{\ell j}(s) - \min_s h_{\ell j}(s)
+        > 10^{-6}\big], \qquad
+        \text{spread} = \frac{1}{A}\sum_a \operatorname{std}_s \log\pi(a|s)
+
+    The activations are read at the outputs of every module of ``model`` that is one of :data:`ACTIVATIONS`
+    (none: an empty tuple). Both are diagnostics (no gradient).
+
+    Args:
+        model: The actor-critic (its first output must be the policy's logits).
+        params: Parameters by name.
+        observations: ``[S, obs]`` inputs, e.g. every one-hot state of a TabularMDP.
+
+    Returns:
+        :class:`PolicyHealth`.
+    """
+    acts: list[Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out.detach()))
+             for m in model.modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
+    try:
+        with torch.no_grad():
+            logits = functional_call(model, params, (observations,))[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    flat = [a.reshape(-1, a.shape[-1]) for a in acts]
+    live = tuple(float((a.amax(0) - a.amin(0) > 1e-6).to(torch.float64).mean()) for a in flat)
+    spread = float(F.log_softmax(logits, dim=-1).std(0, correction=0).mean()) if logits.shape[0] > 1 else 0.0
+    return PolicyHealth(live, spread)

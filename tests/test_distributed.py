@@ -11,6 +11,7 @@ import torch
 from metaopt import distributed
 from metaopt.cli import main
 from metaopt.distributed import Communicator, shard_slice, spawn
+from metaopt.experiments import maml_rl
 from metaopt.experiments.maml_rl import _distributed_step, load_checkpoint, train
 from metaopt.maml import MAMLConfig, MetaLearner
 from metaopt.maml import learner as maml_mod
@@ -200,8 +201,7 @@ def test_cli_two_processes_write_once_and_match_one_process(tmp_path, capfd):
     assert _files(one) == _files(two) == expected  # written once: no temporaries, no per-rank copies
     assert len((two / "metrics.csv").read_text().splitlines()) == 1 + 3
 
-    cfg = MAMLConfig(popart=True, learn=("beta", "lr"), iterations=3, tasks=4, trajectories=4, eval_every=2,
-                     eval_tasks=4)
+    cfg = MAMLConfig(**maml_rl.PRESETS["smoke"])
     s1, s2 = load_checkpoint(one / "checkpoint.pt", cfg), load_checkpoint(two / "checkpoint.pt", cfg)
     assert s1["iteration"] == s2["iteration"] == 3
     for part in ("model", "meta"):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from metaopt import popart as pa
 from metaopt.cli import main
 from metaopt.maml import MAMLConfig, MetaLearner
-from metaopt.rl import A2CConfig, make_inner_loop
+from metaopt.rl import A2CConfig, a2c_terms, make_inner_loop, returns_targets
 from metaopt.verify import check_gradients, relative_error
 
 
@@ -57,6 +59,55 @@ def test_job_meta_parameter_gradients_match_finite_differences():
                              {"log_lr": learner.meta.log_lr, "logit_beta": learner.meta.logit_beta},
                              eps=1e-6, rtol=1e-6)
     assert report.passed, report.table()
+
+
+def test_inner_policy_step_gives_beta_a_meta_gradient_matching_finite_differences():
+    # The inner policy step's normalized advantage (G - mu)/sigma - sg(n) keeps its dependence on the statistics
+    # (before, 1/sigma and V were detached: beta reached the adapted policy only through the value term). With one
+    # undebiased step (beta acts at once), no POP at that step and gamma ~ 0, sg(n) and the returns do not depend on
+    # beta, so the adapted weights are a true function of (lr, beta) and the outer value term must match central
+    # finite differences; with the statistics detached in the policy term it would not.
+    cfg = tiny(inner_steps=1, scaled=True, gamma=1e-12, outer_value="normalized", debias=False, first_pop=False)
+    learner = MetaLearner(cfg)
+    inner_cfg = A2CConfig(cfg.gamma, cfg.lam, 0.0, True)  # the inner step is the policy step alone
+    learner.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, True, policy_coef=0.0)
+    learner.inner = make_inner_loop(learner.model, popart=True, steps=1, cfg=inner_cfg, first_pop=False)
+    data = learner.sample_iteration()
+    params = {"log_lr": learner.meta.log_lr, "logit_beta": learner.meta.logit_beta}
+    report = check_gradients(lambda: learner.meta_loss(data)[0], params, eps=1e-6, rtol=1e-6)
+    assert report.passed, report.table()
+    g_beta = torch.autograd.grad(learner.meta_loss(data)[0], learner.meta.logit_beta)[0]
+    assert abs(float(g_beta)) > 1e-6  # the path is live (the value term has no other route to beta here)
+
+
+@pytest.mark.parametrize("engine", ["func", "higher", "torchopt"])
+def test_statistics_paths_leave_the_inner_trajectory_bit_for_bit(engine):
+    # Only meta-gradients change: the inner loop with every statistic detached in the advantage, the bootstrap and the
+    # ART targets (the semantics before) walks the same fast weights and statistics, bit for bit, in float64.
+    cfg = tiny(engine=engine, inner_steps=3, scaled=True, inner_lr=0.5)
+    learner = MetaLearner(cfg)
+    model, lc = learner.model, learner.loss_cfg
+
+    def detached(s):
+        return pa.PopArtState(*(t.detach() for t in s))
+
+    def old_loss(params, batch, state):
+        terms = a2c_terms(model, params, batch, state, lc)  # statistics_gradient=False: the old inner loss
+        return lc.policy_coef * terms.policy + lc.value_coef * terms.value
+
+    spec = replace(learner.inner.popart, targets=lambda p, b, s: returns_targets(model, p, b, detached(s), lc))
+    old_inner = replace(learner.inner, loss=old_loss, popart=spec)
+    data = learner.sample_iteration()
+    new = learner.adapt_and_rollout(data.tasks, data.noise_inner, data.noise_post, engine)
+    g_new = torch.autograd.grad(sum(p.sum() for p in new.adapted.values()), learner.meta.logit_beta)[0]
+    learner.inner = old_inner
+    old = learner.adapt_and_rollout(data.tasks, data.noise_inner, data.noise_post, engine)
+    g_old = torch.autograd.grad(sum(p.sum() for p in old.adapted.values()), learner.meta.logit_beta)[0]
+    for name in new.adapted:
+        assert torch.equal(new.adapted[name], old.adapted[name]), name
+    assert all(torch.equal(a, b) for a, b in zip(new.states, old.states, strict=True))
+    assert torch.equal(new.post.actions, old.post.actions)
+    assert abs(float(g_new - g_old)) > 1e-3 * abs(float(g_new))  # ... while beta's meta-gradient changes
 
 
 def _with_zero_lr(learner):

@@ -9,7 +9,16 @@ import torch
 from torch.func import functional_call
 
 from metaopt import popart as pa
-from metaopt.rl import A2CConfig, ActorCritic, a2c_loss, lambda_returns, make_inner_loop, returns_targets
+from metaopt.maml import COLLAPSED_SPREAD, MAMLConfig, MetaLearner, PolicyCollapseWarning
+from metaopt.rl import (
+    A2CConfig,
+    ActorCritic,
+    a2c_loss,
+    lambda_returns,
+    make_inner_loop,
+    policy_health,
+    returns_targets,
+)
 
 T, B = 6, 3
 
@@ -167,3 +176,43 @@ def test_fresh_debiased_statistics_are_the_first_batch_moments_and_no_first_pop(
     with_pop = adapt(model, make_inner_loop(model, popart=True, debias=True), batch, meta,
                      popart_state=pa.init(1, dtype=torch.float64))
     assert not torch.allclose(with_pop.params["value.weight"], model.value.weight)
+
+
+def test_policy_health_counts_dead_units_and_state_dependence():
+    torch.manual_seed(4)
+    model = ActorCritic(10, 5, 8).double()
+    params = dict(model.named_parameters())
+    eye = torch.eye(10, dtype=torch.float64)
+    h = policy_health(model, params, eye)
+    logp = torch.log_softmax(model(eye)[0], -1).detach()
+    spread = sum(float(logp[:, a].std(correction=0)) for a in range(5)) / 5  # by hand, action by action
+    assert math.isclose(h.logit_spread, spread, rel_tol=1e-12)
+    h1 = torch.relu(model.body[0](eye)).detach()
+    assert h.live_units[0] == float((h1.amax(0) - h1.amin(0) > 1e-6).double().mean())
+    dead = params | {"body.2.bias": torch.full((8,), -1e3, dtype=torch.float64)}  # every second-layer unit < 0
+    h = policy_health(model, dead, eye)
+    assert h.live_units[1] == 0.0 and h.logit_spread < 1e-12
+
+
+def test_collapsed_policy_warns_once(recwarn):
+    learner = MetaLearner(MAMLConfig(tasks=2, trajectories=2, popart=True, learn=("lr",), eval_tasks=2))
+    with torch.no_grad():
+        learner.model.body[2].bias.fill_(-1e3)
+    with pytest.warns(PolicyCollapseWarning, match="no longer depends on the state"):
+        m = learner.step()
+    assert m["live_units"] == 0.0 and m["logit_spread"] < COLLAPSED_SPREAD
+    learner.step()
+    assert not [w for w in recwarn if issubclass(w.category, PolicyCollapseWarning)]  # once per learner
+
+
+def test_metrics_report_the_meta_parameters_gradients():
+    learner = MetaLearner(MAMLConfig(tasks=2, trajectories=3, popart=True, learn=("lr", "beta"), scaled=True,
+                                     lr_per_parameter=True, dtype="float64", eval_tasks=2))
+    data = learner.sample_iteration()
+    mg = learner.meta_gradient(data)
+    m = learner.metrics(mg.per_task, 0.0, mg.grads)
+    named = dict(zip([n for n, _ in learner.named_parameters()], mg.grads, strict=True))
+    lrs = [g for n, g in named.items() if n.startswith("meta.log_lrs.")]
+    assert len(lrs) == len(list(learner.model.parameters()))
+    assert m["grad_log_lr"] == sum(float(g) for g in lrs)
+    assert m["grad_logit_beta"] == float(named["meta.logit_beta"]) != 0.0

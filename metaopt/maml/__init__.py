@@ -2,9 +2,17 @@
 
 from metaopt.maml.checks import PER_TASK, NonFiniteError, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import DTYPES, ESTIMATORS, OBJECTIVES, MAMLConfig
-from metaopt.maml.learner import IterationData, MetaGradient, MetaLearner, Rollouts
+from metaopt.maml.learner import (
+    COLLAPSED_SPREAD,
+    IterationData,
+    MetaGradient,
+    MetaLearner,
+    PolicyCollapseWarning,
+    Rollouts,
+)
 
 __all__ = [
+    "COLLAPSED_SPREAD",
     "DTYPES",
     "ESTIMATORS",
     "OBJECTIVES",
@@ -14,6 +22,7 @@ __all__ = [
     "MetaGradient",
     "MetaLearner",
     "NonFiniteError",
+    "PolicyCollapseWarning",
     "Rollouts",
     "check_finite",
     "nonfinite_gradient_tasks",

@@ -12,7 +12,7 @@ from metaopt._validation import check_bool, check_choice, check_int, check_real
 from metaopt.engines import ENGINES
 from metaopt.inner_optim import KINDS
 from metaopt.meta_params import LEARNABLE
-from metaopt.rl import VALUE_UNITS
+from metaopt.rl import ACTIVATIONS, VALUE_UNITS
 
 __all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES"]
 
@@ -79,6 +79,8 @@ class MAMLConfig:
         lam: Lambda of the lambda-returns.
         value_coef: Value-loss weight.
         hidden: Hidden width of the agent.
+        activation: Hidden activation of the agent: relu (TorchOpt's), tanh, elu or leaky_relu.
+        lr_per_parameter: A learned lr has one rate per parameter tensor (Meta-SGD style) instead of one shared.
         num_states: TabularMDP states.
         num_actions: TabularMDP actions.
         horizon: Episode length.
@@ -121,6 +123,8 @@ class MAMLConfig:
     lam: float = 0.95
     value_coef: float = 0.5
     hidden: int = 32
+    activation: str = field(default="relu", metadata=_choices(*ACTIVATIONS))
+    lr_per_parameter: bool = False
     num_states: int = 10
     num_actions: int = 5
     horizon: int = 10

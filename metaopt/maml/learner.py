@@ -19,6 +19,7 @@ separate, so a distributed loop can all-reduce the gradients between them.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,9 +34,16 @@ from metaopt.inner_optim import InnerOptimizer
 from metaopt.maml.checks import PER_TASK, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import MAMLConfig
 from metaopt.meta_params import MetaParameters
-from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, state_table, task_major
+from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, policy_health, state_table, task_major
 
-__all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient"]
+__all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient", "PolicyCollapseWarning", "COLLAPSED_SPREAD"]
+
+#: ``logit_spread`` below which ``theta_0``'s policy is taken to ignore the state (see :meth:`MetaLearner.metrics`).
+COLLAPSED_SPREAD = 1e-4
+
+
+class PolicyCollapseWarning(UserWarning):
+    """``theta_0``'s policy no longer depends on the state (every hidden unit dead, or its head ignores them)."""
 
 
 
@@ -105,8 +113,11 @@ class MetaLearner:
         dt, dev = cfg.torch_dtype, cfg.torch_device
         torch.manual_seed(cfg.seed)
         # Initialized on the CPU from the seeded global RNG (the same weights on every device), then moved.
-        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden, device="cpu").to(dtype=dt, device=dev)
-        self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, dtype=dt, device=dev)
+        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden, activation=cfg.activation,
+                                 device="cpu").to(dtype=dt, device=dev)
+        per = [n for n, _ in self.model.named_parameters()] if cfg.lr_per_parameter else None
+        self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, per_parameter=per, dtype=dt,
+                                   device=dev)
         self.loss_cfg = A2CConfig(cfg.gamma, cfg.lam, cfg.value_coef, cfg.popart_advantages,
                                   estimator=cfg.estimator)
         self.inner = make_inner_loop(
@@ -120,6 +131,7 @@ class MetaLearner:
         self.optimizer = torch.optim.Adam(groups, lr=cfg.outer_lr)
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.iteration = 0
+        self._collapse_warned = False
         self.test_tasks = self.sample_tasks(cfg.eval_tasks, seed=cfg.seed + 1_000_003)
 
     # ------------------------------------------------------------------------------------------ state
@@ -275,17 +287,49 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
 
-    def metrics(self, per_task: Tensor, seconds: float) -> dict[str, float]:
-        """The logged scalars of an iteration from all its tasks' :data:`PER_TASK` values."""
+    def metrics(self, per_task: Tensor, seconds: float, grads: list[Tensor] | None = None) -> dict[str, float]:
+        """The logged scalars of an iteration from all its tasks' :data:`PER_TASK` values.
+
+        With the iteration's meta-gradient ``grads`` (one per :meth:`parameters` entry), also ``grad_log_lr`` (the
+        derivative with respect to a common shift of every ``log_lr``: the sum over per-parameter rates) and
+        ``grad_logit_beta`` for the learned meta-parameters. ``live_units`` and ``logit_spread`` are ``theta_0``'s
+        :meth:`health`; when the policy stops depending on the state a :class:`PolicyCollapseWarning` is emitted
+        (once per learner).
+        """
         r = dict(zip(PER_TASK, per_task, strict=True))
         m = {"iteration": self.iteration, "outer_loss": float((r["policy_loss"] + self.cfg.value_coef
                                                                * r["value_loss"]).mean()),
              "train_pre_return": float(r["pre_return"].mean()), "train_post_return": float(r["post_return"].mean()),
-             "time_s": seconds} | self.meta.summary()
+             "time_s": seconds} | self.meta.summary() | self.health()
+        if grads is not None:
+            named = dict(zip([n for n, _ in self.named_parameters()], grads, strict=True))
+            lr = [float(g.sum()) for n, g in named.items() if n.startswith("meta.log_lr")]
+            if "lr" in self.cfg.learn and lr:
+                m["grad_log_lr"] = sum(lr)
+            if "meta.logit_beta" in named:
+                m["grad_logit_beta"] = float(named["meta.logit_beta"])
         if self.cfg.scaled:
             m["train_pre_return_norm"] = float((r["pre_return"] / r["scales"]).mean())
             m["train_post_return_norm"] = float((r["post_return"] / r["scales"]).mean())
+        if m["logit_spread"] < COLLAPSED_SPREAD and not self._collapse_warned:
+            self._collapse_warned = True
+            warnings.warn(f"iteration {self.iteration}: theta_0's policy no longer depends on the state (logit spread "
+                          f"{m['logit_spread']:.2g} < {COLLAPSED_SPREAD:g}, live hidden units {m['live_units']:.0%}); "
+                          "adaptation can only shift a state-independent action preference. A per-parameter "
+                          "learned lr (lr_per_parameter) keeps the body alive in the job.",
+                          PolicyCollapseWarning, stacklevel=2)
         return m
+
+    def health(self) -> dict[str, float]:
+        """``theta_0``'s :func:`~metaopt.rl.policy_health` on every state.
+
+        ``live_units`` is the smallest fraction of live units over its hidden layers, ``logit_spread`` the spread of
+        the log-probabilities over states (0: the policy ignores the state).
+        """
+        c = self.cfg
+        eye = torch.eye(c.num_states, dtype=c.torch_dtype, device=c.torch_device)
+        h = policy_health(self.model, dict(self.model.named_parameters()), eye)
+        return {"live_units": min(h.live_units, default=1.0), "logit_spread": h.logit_spread}
 
     def step(self, data: IterationData | None = None) -> dict[str, float]:
         """One meta-iteration in one process: meta-gradient, checks, outer Adam step; returns the metrics.
@@ -299,7 +343,7 @@ class MetaLearner:
         mg = self.meta_gradient(data)
         check_finite(self, mg.per_task, mg.grads, lambda: nonfinite_gradient_tasks(self, data))
         self.apply(mg.grads)
-        return self.metrics(mg.per_task, time.perf_counter() - t0)
+        return self.metrics(mg.per_task, time.perf_counter() - t0, mg.grads)
 
     # ------------------------------------------------------------------------------------- evaluate
     def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: TaskBatch | None = None,

@@ -41,8 +41,12 @@ FLAGS = dataclass_flags(StudySettings)
 
 def _check(s: StudySettings) -> StudySettings:
     for name in ("seeds", "iterations", "tasks", "trajectories", "inner_steps", "meta_lr_seeds",
-                 "interior_trajectories", "beta_steps", "eval_tasks", "eval_repeats", "workers"):
+                 "interior_trajectories", "eval_tasks", "eval_repeats", "workers"):
         check_int(FLAGS[name], getattr(s, name), low=1)
+    for name in ("beta_steps", "beta_trajectories"):
+        values = getattr(s, name)
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{FLAGS[name]} must be a non-empty comma list of positive integers, got {values!r}")
     for name in ("lrs", "scales", "meta_lrs", "interior_lrs"):
         values = getattr(s, name)
         if not values or any(not v > 0 for v in values):

@@ -13,8 +13,11 @@
   A2C adaptation and with the exact (infinitely many episodes) adaptation step;
 * ``ablation`` -- the recommended PopArt-MAML with one of its defaults switched back: no debiasing, POP at the
   first step, the old meta-objective (normalized outer value loss, lr and beta following the total);
-* ``beta`` -- the multi-step regime (``beta_steps`` inner steps, each on fresh episodes), scaled: PopArt-MAML with
-  ``beta`` fixed at each of ``betas`` against a learned ``beta`` (``lr`` learned in every run).
+* ``beta`` -- what beta does in MAML: for each number of inner steps in ``beta_steps`` (each step on fresh episodes)
+  and each per-step batch size in ``beta_trajectories``, PopArt-MAML on the scaled TabularMDP with ``beta`` fixed at
+  each of ``betas`` against a learned ``beta`` (a per-parameter ``lr`` learned in every run); and, at the first
+  ``K`` and the last batch size (the demo's), the learned-beta run with one shared ``lr`` (the configuration whose
+  network died). Every run records its per-iteration meta-gradients of ``logit_beta`` and ``log_lr`` (their signal).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class StudySettings:
         interior_lrs: Plain MAML's fixed inner learning rates in the interior part with SGD.
         interior_adam_lrs: The same with Adam.
         betas: Fixed PopArt step sizes compared with a learned beta in the beta part.
-        beta_steps: Inner steps K of the beta part.
+        beta_steps: Inner steps K of the beta part (each one regime).
+        beta_trajectories: Episodes per inner step in the beta part (each one regime).
         eval_tasks: Fixed test tasks (the same for every run).
         eval_repeats: Adaptations per test task in the evaluation (averaged).
         workers: Runs trained in parallel (one process each, one torch thread each).
@@ -78,7 +82,8 @@ class StudySettings:
     interior_lrs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
     interior_adam_lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 0.6, 0.9)
-    beta_steps: int = 3
+    beta_steps: tuple[int, ...] = (2, 5)
+    beta_trajectories: tuple[int, ...] = (5, 20)
     eval_tasks: int = 40
     eval_repeats: int = 4
     workers: int = 2
@@ -90,7 +95,7 @@ class StudySettings:
 QUICK: dict[str, Any] = {
     "baseline_steps": (1,), "seeds": 2, "iterations": 3, "tasks": 4, "trajectories": 4, "lrs": (0.1, 10.0),
     "scales": (0.01, 100.0), "meta_lrs": (0.03,), "meta_lr_seeds": 1, "interior_lrs": (1.0, 10.0),
-    "interior_adam_lrs": (0.1,), "betas": (0.1,),
+    "interior_adam_lrs": (0.1,), "betas": (0.1,), "beta_steps": (2,), "beta_trajectories": (4,),
     "eval_tasks": 4, "eval_repeats": 1, "workers": 1,
 }
 
@@ -132,11 +137,17 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
             add("interior", f"maml{tag}-learned-lr", None, few | {"learn": ("lr",), "inner_optimizer": opt}, (1.0,),
                 s.seeds)
     if "beta" in s.parts:
-        k = {"inner_steps": s.beta_steps}
-        for b in s.betas:
-            add("beta", "popart-maml-fixed-beta", b, scaled | k | {"popart": True, "learn": ("lr",), "beta": b},
-                s.scales, s.seeds)
-        add("beta", "popart-maml", None, scaled | k | popart, s.scales, s.seeds)
+        per = popart | {"lr_per_parameter": True}
+        for steps in s.beta_steps:
+            for traj in s.beta_trajectories:
+                k = scaled | {"inner_steps": steps, "trajectories": traj}
+                tag = f"K{steps}-T{traj}"
+                for b in s.betas:
+                    add("beta", f"fixed-beta-{tag}", b, k | per | {"learn": ("lr",), "beta": b}, s.scales, s.seeds)
+                add("beta", f"learned-beta-{tag}", None, k | per, s.scales, s.seeds)
+        k = scaled | {"inner_steps": s.beta_steps[0], "trajectories": s.beta_trajectories[-1]}
+        add("beta", f"learned-beta-shared-lr-K{s.beta_steps[0]}-T{s.beta_trajectories[-1]}", None, k | popart,
+            s.scales, s.seeds)
     if "ablation" in s.parts:
         rec = scaled | popart | {"inner_steps": s.inner_steps}
         for name, change in (("no-debias", {"debias": False}), ("first-pop", {"first_pop": True}),

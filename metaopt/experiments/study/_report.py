@@ -38,10 +38,47 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             row["lr"] = [r["final"]["lr"] for r in ok]
             row["config_lr"] = ok[0]["config"]["inner_lr"]
             row["beta"] = [r["final"]["beta"] for r in ok]
+            if all("live_units" in r["final"] for r in ok):
+                row["live_units"] = [r["final"]["live_units"] for r in ok]
+                row["logit_spread"] = [r["final"]["logit_spread"] for r in ok]
+            sig = [signal_summary(r["signal"]) for r in ok if r.get("signal", {}).get("grad_logit_beta")]
+            if sig:
+                row["signal"] = sig
         out[part].append(row)
     for rows in out.values():
         rows.sort(key=lambda r: (r["method"], -math.inf if r["value"] is None else r["value"]))
     return dict(out)
+
+
+def _t_stat(xs: list[float]) -> float:
+    """One-sample t-statistic of the mean (0 for fewer than two values or no spread)."""
+    if len(xs) < 2:
+        return 0.0
+    sd = statistics.stdev(xs)
+    return 0.0 if sd == 0 else statistics.fmean(xs) / (sd / math.sqrt(len(xs)))
+
+
+def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str, float]:
+    """The meta-gradient's signal of one run with a learned beta: is its sign steady, or zero-mean noise?
+
+    Over the first ``window`` iterations (``init``) and the ``window`` around the middle of training (``mid``): the
+    t-statistic of ``d/dlogit beta`` across iterations, its fraction of positive values, and the ratio of its median
+    magnitude to that of ``d/dlog lr`` (the common shift of every learned rate); plus how many iterations gave exactly
+    0 for beta.
+    """
+    g = signal["grad_logit_beta"]
+    lr = signal.get("grad_log_lr", [])
+    n = len(g)
+    mid = max(0, n // 2 - window // 2)
+    out: dict[str, float] = {"zeros": float(sum(x == 0.0 for x in g))}
+    for name, sl in (("init", slice(0, window)), ("mid", slice(mid, mid + window))):
+        part = g[sl]
+        out[f"t_{name}"] = _t_stat(part)
+        out[f"positive_{name}"] = sum(x > 0 for x in part) / max(1, len(part))
+        lrp = [abs(x) for x in lr[sl]]
+        med_lr = statistics.median(lrp) if lrp else math.nan
+        out[f"ratio_{name}"] = statistics.median([abs(x) for x in part]) / med_lr if med_lr else math.nan
+    return out
 
 
 def _best(rows: list[dict[str, Any]], method: str, key: str = "mean_gain") -> dict[str, Any] | None:
@@ -90,17 +127,41 @@ def targets(agg: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     f"best swept {best['value']:g} (factor {ratio:.2f}); learned gain {_fmt(*learned['mean_gain'])}, "
                     f"best swept {_fmt(bm, bh)}"})
     rows = agg.get("beta", [])
-    learned, best = _one(rows, "popart-maml"), _best(rows, "popart-maml-fixed-beta")
-    if learned and best:
-        fixed = [r["mean_gain"][0] for r in rows if r["method"] == "popart-maml-fixed-beta" and r.get("mean_gain")]
-        lm, lh = learned["mean_gain"]
-        bm, bh = best["mean_gain"]
+    for tag in sorted({r["method"].removeprefix("fixed-beta-") for r in rows if r["method"].startswith("fixed-beta-")}):
+        learned, best = _one(rows, f"learned-beta-{tag}"), _best(rows, f"fixed-beta-{tag}")
+        sweep = sorted((r["value"], r["mean_gain"]) for r in rows if r["method"] == f"fixed-beta-{tag}"
+                       and r.get("mean_gain"))
+        if not (learned and best and sweep):
+            continue
+        fixed = [m for _, (m, _) in sweep]
+        (lm, lh), (bm, bh) = learned["mean_gain"], best["mean_gain"]
         med = statistics.median(fixed)
-        out.append({"target": "learned beta >= median of the fixed-beta grid and within the interval of the best",
-                    "met": lm >= med and lm >= bm - bh,
+        out.append({"target": f"{tag}: learned beta >= median of the fixed-beta grid and within the interval of the "
+                    "best", "met": lm >= med and lm >= bm - (0.0 if math.isnan(bh) else bh),
                     "detail": f"learned beta (ends {statistics.fmean(learned['beta']):.3g}) {_fmt(lm, lh)}; grid "
                     f"median {med:+.3f}; best fixed beta {best['value']:g} {_fmt(bm, bh)}; spread of the grid's "
                     f"means {max(fixed) - min(fixed):.3f}"})
+        inside = sweep[0][0] < best["value"] < sweep[-1][0]
+        lower = bm - (0.0 if math.isnan(bh) else bh)
+        out.append({"target": f"{tag}: beta has an interior optimum (the best fixed beta inside the grid, its 95% "
+                    "interval above both ends' means)", "met": inside and lower > max(sweep[0][1][0], sweep[-1][1][0]),
+                    "detail": "gain by beta: " + ", ".join(f"{b:g}: {_fmt(m, h)}" for b, (m, h) in sweep)})
+        if learned.get("signal"):
+            sig = learned["signal"]
+            t0, tm = [x["t_init"] for x in sig], [x["t_mid"] for x in sig]
+            out.append({"target": f"{tag}: beta's meta-gradient has a steady sign (|t| >= 2 over the first 50 "
+                        "iterations in every seed)", "met": all(abs(t) >= 2 for t in t0),
+                        "detail": "t at init " + ", ".join(f"{t:+.1f}" for t in t0) + "; mid-training "
+                        + ", ".join(f"{t:+.1f}" for t in tm) + "; median |d/dlogit beta| / median |d/dlog lr| at init "
+                        + ", ".join(f"{x['ratio_init']:.2%}" for x in sig)
+                        + f"; iterations with exactly 0: {sum(int(x['zeros']) for x in sig)}"})
+    for r in rows:
+        if r.get("live_units") and r["method"].startswith("learned-beta"):
+            alive = [u >= 0.5 and s > 1e-4 for u, s in zip(r["live_units"], r["logit_spread"], strict=True)]
+            out.append({"target": f"{r['method']}: the trained network stays alive (>= 50% live hidden units, the "
+                        "policy depends on the state) in every seed", "met": all(alive),
+                        "detail": "live units " + ", ".join(f"{u:.0%}" for u in r["live_units"]) + "; logit spread "
+                        + ", ".join(f"{x:.3f}" for x in r["logit_spread"])})
     return out
 
 
@@ -180,9 +241,11 @@ def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
         a2.legend(fontsize=7)
         fig.tight_layout()
         paths.append(save_figure(fig, out / "study_scale.png"))
+    tags = sorted({r["method"].removeprefix("fixed-beta-") for r in agg.get("beta", [])
+                   if r["method"].startswith("fixed-beta-")})
     panels = (("interior", "maml", "maml-learned-lr", "fixed inner lr (SGD)"),
               ("interior-adam", "maml-adam", "maml-adam-learned-lr", "fixed inner lr (Adam)"),
-              ("beta", "popart-maml-fixed-beta", "popart-maml", "fixed beta"))
+              *((f"beta-{t}", f"fixed-beta-{t}", f"learned-beta-{t}", f"fixed beta ({t})") for t in tags))
     for part, method, learned, xlabel in panels:
         rows = agg.get(part.split("-")[0], [])
         sweep = [r for r in rows if r["method"] == method and r.get("mean_gain")]

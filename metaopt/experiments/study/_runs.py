@@ -173,12 +173,16 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     learner = MetaLearner(cfg)
     curve: list[dict[str, Any]] = []
+    signal: dict[str, list[float]] = {}
     status = "completed"
     try:
         if spec.trainer == "exact":
             curve = _train_exact(learner)
         for i in range(cfg.iterations if spec.trainer == "job" else 0):
             row = learner.step()
+            for name in ("grad_logit_beta", "grad_log_lr", "live_units", "logit_spread"):
+                if name in row:
+                    signal.setdefault(name, []).append(row[name])
             if (i + 1) % max(1, cfg.iterations // 10) == 0:
                 curve.append({k: row[k] for k in ("iteration", "train_pre_return", "train_post_return", "lr",
                                                   "beta")})
@@ -201,7 +205,7 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
         "trainer": spec.trainer, "eval": _eval_settings(spec),
         "status": status, "scales": list(spec.scales), "config": cfg.to_dict(),
         "gain_by_scale": by_scale,
-        "gain_per_task": gains, "final": learner.meta.summary(), "curve": curve,
+        "gain_per_task": gains, "final": learner.meta.summary() | learner.health(), "curve": curve, "signal": signal,
         "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
     }
     if by_scale is not None:
