@@ -163,7 +163,8 @@ class TrainResult:
 
 
 def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    s: dict[str, Any] = {"iterations": learner.iteration, "wall_time_s": round(wall, 2)} | learner.meta.summary()
+    s: dict[str, Any] = {"iterations": learner.iteration, "wall_time_s": round(wall, 2)} | learner.meta.summary() \
+        | learner.health()
     if eval_rows:
         last = eval_rows[-1]
         s |= {k: v for k, v in last.items() if k.startswith("test_")}
@@ -392,7 +393,7 @@ def format_summary(result: TrainResult) -> str:
     s = result.summary
     rows = [("status", s["status"]), ("iterations", s["iterations"]), ("wall time [s]", s["wall_time_s"])]
     for key in ("test_pre_return", "test_post_return", "adaptation_gain", "test_pre_return_norm",
-                "test_post_return_norm", "adaptation_gain_norm", "beta", "lr"):
+                "test_post_return_norm", "adaptation_gain_norm", "beta", "lr", "live_units", "logit_spread"):
         if key in s:
             rows.append((key, f"{s[key]:.4g}"))
     width = max(len(k) for k, _ in rows)

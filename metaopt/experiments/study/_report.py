@@ -191,6 +191,28 @@ def markdown(agg: dict[str, list[dict[str, Any]]], tgt: list[dict[str, Any]], wa
             lines.append(f"| {r['method']} | {value} | {r['ok']}/{r['seeds']} | {_fmt(*r['mean_gain'])} | "
                          f"{_fmt(*r['worst_gain'])} | {per} | {lr:.3g} | {beta:.3g} |{extra}")
         lines.append("")
+    sig_rows = [r for r in agg.get("beta", []) if r.get("signal")]
+    if sig_rows:
+        lines += ["## beta's meta-gradient and the network's health (learned-beta runs)", "",
+                  "t: t-statistic of d/dlogit beta over 50 iterations (init: the first 50; mid: around the middle), "
+                  "one value per seed; ratio: median |d/dlogit beta| / median |d/dlog lr| over the first 50; zeros: "
+                  "iterations where d/dlogit beta was exactly 0; live: fraction of live hidden units of theta_0 at the "
+                  "end (smallest layer); spread: std over states of log pi, mean over actions.", "",
+                  "| method | t init | t mid | ratio init | zeros | final beta | live | spread |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sig_rows:
+            sig = r["signal"]
+            live = " ".join(f"{u:.2f}" for u in r.get("live_units", []))
+            spread = " ".join(f"{x:.3f}" for x in r.get("logit_spread", []))
+
+            def col(key: str, fmt: str, sig: list[dict[str, float]] = sig) -> str:
+                return " ".join(format(x[key], fmt) for x in sig)
+
+            betas = " ".join(f"{b:.3g}" for b in r["beta"])
+            lines.append(f"| {r['method']} | {col('t_init', '+.1f')} | {col('t_mid', '+.1f')} | "
+                         f"{col('ratio_init', '.2%')} | {sum(int(x['zeros']) for x in sig)} | {betas} | {live} | "
+                         f"{spread} |")
+        lines.append("")
     if tgt:
         lines += ["## Targets", ""] + [f"- **{'met' if t['met'] else 'not met'}** -- {t['target']}: {t['detail']}"
                                         for t in tgt] + [""]
