@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import _figures as F
+import pytest
 
 FIGURES = F.all_figures()
 

@@ -49,8 +49,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"popart": True, "learn": ("beta", "lr"), "iterations": 3, "tasks": 4, "trajectories": 4,
               "eval_every": 2, "eval_tasks": 4},
 }
+#: File name of the checkpoint in ``--out`` (``--resume`` reads it).
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "metaopt.maml_rl/2"
+#: Every file a run may write into ``--out`` (an ``--out`` holding any of them needs ``--resume`` or ``--overwrite``).
 ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png", "meta_params.png")
 
 
@@ -67,9 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the artifacts of a previous run in OUT")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint period in iterations (default: 25)")
     g.add_argument("--tensorboard", action="store_true",
-                   help="also log scalars to OUT/tb (needs pip install 'metaopt[tensorboard]')")
+                   help="also log scalars to OUT/tb (needs pip install 'metaopt-torch[tensorboard]')")
     g.add_argument("--wandb", metavar="PROJECT", default=None,
-                   help="also log scalars to a Weights & Biases run in PROJECT (needs pip install 'metaopt[wandb]')")
+                   help="also log scalars to a Weights & Biases run in PROJECT "
+                        "(needs pip install 'metaopt-torch[wandb]')")
     g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
                    help="W&B mode (default: W&B's own, i.e. the WANDB_MODE environment variable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
@@ -255,12 +258,12 @@ def train(
                     loggers.require("tensorboard")
                 except ImportError as err:
                     raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard "
-                                      "(or pip install 'metaopt[tensorboard]')") from err
+                                      "(or pip install 'metaopt-torch[tensorboard]')") from err
             if wandb is not None:
                 try:
                     loggers.require("wandb")
                 except ImportError as err:
-                    raise ImportError("--wandb needs the 'wandb' package: pip install 'metaopt[wandb]'") from err
+                    raise ImportError("--wandb needs the 'wandb' package: pip install 'metaopt-torch[wandb]'") from err
             if resume:
                 state = load_checkpoint(ckpt, cfg)
         except (ValueError, ImportError) as err:

@@ -26,6 +26,7 @@ from metaopt.experiments.study._runs import RunSpec
 
 __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
+#: The study's parts, in the order they run (``--parts``).
 PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
 
 
