@@ -31,7 +31,14 @@ import torch
 from metaopt import distributed as dist_lib
 from metaopt import loggers
 from metaopt._validation import check_int
-from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_json
+from metaopt.artifacts import (
+    atomic_write,
+    check_out_dir,
+    check_plotting,
+    remove_stale_temporaries,
+    write_csv,
+    write_json,
+)
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
 
@@ -224,7 +231,7 @@ def train(
         overwrite: Replace a previous run's artifacts in ``out``.
         checkpoint_every: Checkpoint period (iterations); a checkpoint is also written at the end.
         progress: Show a progress bar.
-        plot: Write PNG plots.
+        plot: Write PNG plots (needs matplotlib: checked first, before any work).
         tensorboard: Log scalars to ``out/tb`` (:class:`metaopt.loggers.TensorBoardLogger`).
         wandb: Log scalars to a Weights & Biases run in this project (:class:`metaopt.loggers.WandbLogger`).
         wandb_mode: W&B's mode (``online``, ``offline``, ``disabled``; ``None``: W&B's default).
@@ -237,6 +244,7 @@ def train(
         A :class:`TrainResult` (on ranks other than 0 without rows).
     """
     cfg.validate()
+    check_plotting(plot)
     check_int("checkpoint_every", checkpoint_every, low=1)
     check_int("stop_after", stop_after, low=1, allow_none=True)
     if comm is not None and comm.world_size > cfg.tasks:
@@ -420,6 +428,7 @@ def run(args: argparse.Namespace, comm: dist_lib.Communicator | None = None) -> 
 
     try:
         cfg = config_from_args(args)
+        check_plotting(not args.no_plot)  # before any work: the plots come after training
         check_int("--checkpoint-every", args.checkpoint_every, low=1)
         check_int("--nproc", args.nproc, low=1)
         if comm is None:
