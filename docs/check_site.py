@@ -195,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from playwright.sync_api import TimeoutError as Timeout
+
     try:
         sys.exit(main())
-    except Failed as failure:
+    except (Failed, Timeout) as failure:  # a timeout: what was awaited (MathJax, search results) never came
         print(f"docs-check failed: {failure}", file=sys.stderr)
         sys.exit(1)
