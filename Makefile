@@ -17,6 +17,7 @@ export OMP_NUM_THREADS := $(THREADS)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip uninstall --quiet -y metaopt 2>/dev/null || true  # the distribution's name before 0.2.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[higher,torchopt,dev]'
 	touch $(STAMP)
 
