@@ -10,7 +10,9 @@ Markdown, so before the docstrings are parsed this extension rewrites
 * ``:func:`name``` and the other roles -> an *optional* autorefs link when ``name`` resolves to a public
   metaopt object: a link where that object is rendered in the API reference, quiet inline code where it is
   not (an undocumented constant, a private module), so a role never breaks the strict build;
-* a Google ``Example:`` section -> ``Examples:`` (griffe parses only the plural as doctest examples).
+* a Google ``Example:`` section -> ``Examples:`` (griffe parses only the plural as doctest examples);
+* the ``#:`` comment lines right above a module constant (Sphinx's convention, which metaopt uses) -> that
+  constant's docstring, so every name in a module's ``__all__`` is rendered with its description.
 
 Only the documentation build uses it (``mkdocs.yml``: ``extensions: [docs/_griffe_rst.py]``).
 """
@@ -18,6 +20,8 @@ Only the documentation build uses it (``mkdocs.yml``: ``extensions: [docs/_griff
 from __future__ import annotations
 
 import re
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -65,12 +69,32 @@ def _directives(text: str) -> str:
     return "\n".join(out)
 
 
+@cache
+def _source_lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines()
+
+
+def _comment_docstring(obj: griffe.Object) -> str | None:
+    """The ``#:`` lines directly above a module-level attribute's assignment, joined (``None`` if there are none)."""
+    if not obj.is_attribute or obj.lineno is None or not isinstance(obj.filepath, Path):
+        return None
+    lines = _source_lines(str(obj.filepath))
+    found: list[str] = []
+    i = obj.lineno - 2
+    while i >= 0 and lines[i].lstrip().startswith("#:"):
+        found.insert(0, lines[i].lstrip()[2:].strip())
+        i -= 1
+    return "\n".join(found) or None
+
+
 class RstToMarkdown(griffe.Extension):
     """Rewrite the reST markup of every docstring in the package before mkdocstrings renders it."""
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        """Rewrite every docstring of ``pkg`` once the package is loaded."""
+        """Give commented constants their docstring, then rewrite every docstring of ``pkg``."""
         for obj in self._walk(pkg):
+            if obj.docstring is None and (comment := _comment_docstring(obj)) is not None:
+                obj.docstring = griffe.Docstring(comment, parent=obj)
             if obj.docstring is not None:
                 obj.docstring.value = self._convert(obj.docstring.value, obj, loader)
 

@@ -1,3 +1,4 @@
 """The package version: the one place it is written (``pyproject.toml`` reads it through setuptools)."""
 
-__version__ = "0.1.0"
+#: The installed version (`metaopt --version` prints it).
+__version__ = "0.2.0"

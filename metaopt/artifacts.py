@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_csv", "csv_text", "save_figure",
-           "remove_stale_temporaries", "check_out_dir", "check_outputs"]
+           "remove_stale_temporaries", "check_out_dir", "check_outputs", "check_plotting"]
 
 
 def atomic_write(path: Path | str, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
@@ -122,11 +122,22 @@ def check_out_dir(out: Path, flag: str = "--out") -> None:
         raise ValueError(f"{flag} must be writable, got {str(out)!r} ({str(p)!r} is not writable)")
 
 
+def check_plotting(plot: bool) -> None:
+    """Fail before any work when the PNG plots are asked for (``plot``) and matplotlib cannot be imported.
+
+    Raises:
+        ValueError: naming ``--no-plot`` and the extra that installs matplotlib.
+    """
+    if not plot:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"the PNG plots need matplotlib, which is not installed ({e}): pass --no-plot to skip "
+                         f"them, or pip install 'metaopt-torch[plot]'") from e
+
+
 def check_outputs(out: Path, *, plot: bool) -> None:
-    """:func:`check_out_dir` for ``--out``, and with ``plot`` that matplotlib can be imported (for ``--plot``)."""
+    """:func:`check_out_dir` for ``--out``, and with ``plot`` :func:`check_plotting` (for ``--plot``)."""
     check_out_dir(out)
-    if plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as e:  # pragma: no cover - matplotlib is a dev dependency
-            raise ValueError(f"--plot needs matplotlib ({e}); install it or pass --no-plot") from e
+    check_plotting(plot)

@@ -350,11 +350,13 @@ def expected_estimator_objective(
     the sampled λ-return with bootstrap values ``values``) —
 
     .. math::
+        \begin{aligned}
         \text{dice: } & J(\theta) \\
         \text{surrogate: } & \sum_{t<T} \gamma^t \sum_s d_t(s) \sum_a \pi_0(a \mid s)
             \big(Q^\lambda_t(s, a) - V_t(s)\big) \log \pi_\theta(a \mid s) \\
         \text{lvc: } & \sum_{t<T} \gamma^t \sum_s d_t(s) \sum_a \pi_\theta(a \mid s)
             \big(Q^\lambda_t(s, a) - V_t(s)\big)
+        \end{aligned}
 
     At :math:`\lambda = 1` (any baseline) all three gradients equal :math:`\nabla J` (the policy gradient
     theorem). The Hessians differ: DiCE's is :math:`\nabla^2 J`; the surrogate's misses the score terms

@@ -29,6 +29,7 @@ from metaopt._validation import check_choice, check_real
 
 __all__ = ["KINDS", "InnerOptimizer", "InnerOptState", "sgd", "adam", "init_state", "update", "safe_sqrt"]
 
+#: Inner optimizer kinds (:class:`InnerOptimizer`'s ``kind``).
 KINDS = ("sgd", "adam")
 Params = dict[str, Tensor]
 

@@ -3,8 +3,8 @@
 A logger receives ``log(metrics, step)`` calls with a flat mapping of names to numbers (namespaced with
 ``/`` as in cleanrl: ``train/pre_return``, ``meta/beta``) and is closed once at the end. :class:`CSVLogger`
 needs nothing beyond the standard library; :class:`TensorBoardLogger` needs the ``tensorboard`` package
-(``pip install 'metaopt[tensorboard]'``) and :class:`WandbLogger` the ``wandb`` package
-(``pip install 'metaopt[wandb]'``); both import their library only when constructed and fail then with a
+(``pip install 'metaopt-torch[tensorboard]'``) and :class:`WandbLogger` the ``wandb`` package
+(``pip install 'metaopt-torch[wandb]'``); both import their library only when constructed and fail then with a
 message naming the extra to install. :class:`MultiLogger` fans one call out to several loggers.
 
 Example:
@@ -76,7 +76,8 @@ def _optional(module: str, extra: str, who: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(
-            f"{who} needs the optional package {extra!r}, which is not installed: pip install 'metaopt[{extra}]'"
+            f"{who} needs the optional package {extra!r}, which is not installed: "
+            f"pip install 'metaopt-torch[{extra}]'"
         ) from err
 
 

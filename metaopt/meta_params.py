@@ -20,6 +20,7 @@ from metaopt._validation import check_open_unit_interval, check_positive
 
 __all__ = ["MetaParameters", "LEARNABLE"]
 
+#: Meta-parameters that can be learned (``MetaParameters(learn=...)``, ``--learn``).
 LEARNABLE = ("lr", "beta")
 
 

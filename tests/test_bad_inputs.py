@@ -209,7 +209,7 @@ CLI = [
     ("torchopt-missing", ["--engine", "torchopt"], _with(missing("torchopt")), ["engine='torchopt'", "pip install"]),
     ("tensorboard-missing", ["--tensorboard"], _with(missing("torch.utils.tensorboard")),
      ["--tensorboard", "'tensorboard' package", "pip install tensorboard"]),
-    ("wandb-missing", ["--wandb", "proj"], _with(missing("wandb")), ["--wandb", "pip install 'metaopt[wandb]'"]),
+    ("wandb-missing", ["--wandb", "proj"], _with(missing("wandb")), ["--wandb", "pip install 'metaopt-torch[wandb]'"]),
     ("bad-dtype", ["--dtype", "float16"], _fresh, ["--dtype", "'float16'", "choose from"]),
     ("truncate-above-steps", ["--inner-steps", "1", "--truncate", "3"], _fresh,
      ["--truncate", "3", "--inner-steps=1", "[0, 1]"]),

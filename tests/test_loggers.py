@@ -59,7 +59,7 @@ def test_tensorboard_logger_writes_scalars(tmp_path):
 
 def test_tensorboard_logger_without_the_package_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(ImportError, match=r"pip install 'metaopt\[tensorboard\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'metaopt-torch\[tensorboard\]'"):
         TensorBoardLogger(tmp_path / "tb")
 
 
@@ -88,7 +88,7 @@ def test_wandb_logger_drives_a_run(monkeypatch):
 
 def test_wandb_logger_without_the_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ImportError, match=r"WandbLogger needs the optional package 'wandb'.*metaopt\[wandb\]"):
+    with pytest.raises(ImportError, match=r"WandbLogger needs the optional package 'wandb'.*metaopt-torch\[wandb\]"):
         WandbLogger("metaopt")
     with pytest.raises(ValueError, match="mode must be None, 'online', 'offline' or 'disabled', got 'cloud'"):
         WandbLogger("metaopt", mode="cloud")
@@ -125,7 +125,8 @@ def test_require_checks_a_backend_without_creating_files(tmp_path, monkeypatch):
     require("tensorboard")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ImportError, match=r"the 'wandb' logger needs the optional package 'wandb'.*metaopt\[wandb\]"):
+    with pytest.raises(ImportError,
+                       match=r"the 'wandb' logger needs the optional package 'wandb'.*metaopt-torch\[wandb\]"):
         require("wandb")
     with pytest.raises(ValueError, match=r"backend must be one of \['csv', 'tensorboard', 'wandb'\], got 'mlflow'"):
         require("mlflow")

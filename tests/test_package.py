@@ -49,7 +49,7 @@ def test_type_checkers_see_exactly_the_lazy_names():
 
 
 def test_version_is_written_once_and_matches_the_metadata():
-    assert metaopt.__version__ == metaopt._version.__version__ == importlib.metadata.version("metaopt")
+    assert metaopt.__version__ == metaopt._version.__version__ == importlib.metadata.version("metaopt-torch")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject and not re.search(r'^version = "', pyproject, flags=re.M)
 

@@ -28,6 +28,7 @@ from metaopt.meta_params import MetaParameters
 
 __all__ = ["ENGINES", "Engine", "require", "make_engine", "adapt", "adapt_tasks", "adapt_vmap", "map_tasks"]
 
+#: The engines by name (``engine=`` of :func:`adapt` and :func:`adapt_tasks`, ``--engine`` of the CLI).
 ENGINES = ("func", "higher", "torchopt")
 Step = Callable[[Params, Callable[[Params], Tensor], Callable[[Params], Params]], tuple[Params, Tensor]]
 

@@ -39,7 +39,9 @@ __all__ = [
     "sample_tasks",
 ]
 
+#: Gymnasium id of the TabularMDP environment (``gymnasium.make(ENV_ID)``).
 ENV_ID = "metaopt/TabularMDP-v0"
+#: Gymnasium id of the scaled variant (each task's rewards multiplied by its scale c).
 SCALED_ENV_ID = "metaopt/ScaledTabularMDP-v0"
 _ENTRY_POINT = "metaopt.envs.tabular_mdp:TabularMDPEnv"
 

@@ -49,8 +49,11 @@ __all__ = [
     "sample_tasks",
 ]
 
+#: Default number of states of a TabularMDP task.
 DEFAULT_NUM_STATES = 10
+#: Default number of actions.
 DEFAULT_NUM_ACTIONS = 5
+#: Default episode length (steps).
 DEFAULT_HORIZON = 10
 #: Default ``(lo, hi)`` of the scaled variant: :math:`c = 10^u`, :math:`u \sim \mathcal{U}(-2, 3)`.
 DEFAULT_SCALE_RANGE: tuple[float, float] = (-2.0, 3.0)

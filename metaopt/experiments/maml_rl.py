@@ -31,7 +31,14 @@ import torch
 from metaopt import distributed as dist_lib
 from metaopt import loggers
 from metaopt._validation import check_int
-from metaopt.artifacts import atomic_write, check_out_dir, remove_stale_temporaries, write_csv, write_json
+from metaopt.artifacts import (
+    atomic_write,
+    check_out_dir,
+    check_plotting,
+    remove_stale_temporaries,
+    write_csv,
+    write_json,
+)
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
 from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
 
@@ -51,8 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "iterations": 3, "tasks": 4, "trajectories": 4,
               "eval_every": 2, "eval_tasks": 4},
 }
+#: File name of the checkpoint in ``--out`` (``--resume`` reads it).
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "metaopt.maml_rl/2"
+#: Every file a run may write into ``--out`` (an ``--out`` holding any of them needs ``--resume`` or ``--overwrite``).
 ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png", "meta_params.png")
 
 
@@ -69,9 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the artifacts of a previous run in OUT")
     g.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint period in iterations (default: 25)")
     g.add_argument("--tensorboard", action="store_true",
-                   help="also log scalars to OUT/tb (needs pip install 'metaopt[tensorboard]')")
+                   help="also log scalars to OUT/tb (needs pip install 'metaopt-torch[tensorboard]')")
     g.add_argument("--wandb", metavar="PROJECT", default=None,
-                   help="also log scalars to a Weights & Biases run in PROJECT (needs pip install 'metaopt[wandb]')")
+                   help="also log scalars to a Weights & Biases run in PROJECT "
+                        "(needs pip install 'metaopt-torch[wandb]')")
     g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
                    help="W&B mode (default: W&B's own, i.e. the WANDB_MODE environment variable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
@@ -224,7 +234,7 @@ def train(
         overwrite: Replace a previous run's artifacts in ``out``.
         checkpoint_every: Checkpoint period (iterations); a checkpoint is also written at the end.
         progress: Show a progress bar.
-        plot: Write PNG plots.
+        plot: Write PNG plots (needs matplotlib: checked first, before any work).
         tensorboard: Log scalars to ``out/tb`` (:class:`metaopt.loggers.TensorBoardLogger`).
         wandb: Log scalars to a Weights & Biases run in this project (:class:`metaopt.loggers.WandbLogger`).
         wandb_mode: W&B's mode (``online``, ``offline``, ``disabled``; ``None``: W&B's default).
@@ -237,6 +247,7 @@ def train(
         A :class:`TrainResult` (on ranks other than 0 without rows).
     """
     cfg.validate()
+    check_plotting(plot)
     check_int("checkpoint_every", checkpoint_every, low=1)
     check_int("stop_after", stop_after, low=1, allow_none=True)
     if comm is not None and comm.world_size > cfg.tasks:
@@ -258,12 +269,12 @@ def train(
                     loggers.require("tensorboard")
                 except ImportError as err:
                     raise ImportError("--tensorboard needs the 'tensorboard' package: pip install tensorboard "
-                                      "(or pip install 'metaopt[tensorboard]')") from err
+                                      "(or pip install 'metaopt-torch[tensorboard]')") from err
             if wandb is not None:
                 try:
                     loggers.require("wandb")
                 except ImportError as err:
-                    raise ImportError("--wandb needs the 'wandb' package: pip install 'metaopt[wandb]'") from err
+                    raise ImportError("--wandb needs the 'wandb' package: pip install 'metaopt-torch[wandb]'") from err
             if resume:
                 state = load_checkpoint(ckpt, cfg)
         except (ValueError, ImportError) as err:
@@ -420,6 +431,7 @@ def run(args: argparse.Namespace, comm: dist_lib.Communicator | None = None) -> 
 
     try:
         cfg = config_from_args(args)
+        check_plotting(not args.no_plot)  # before any work: the plots come after training
         check_int("--checkpoint-every", args.checkpoint_every, low=1)
         check_int("--nproc", args.nproc, low=1)
         if comm is None:

@@ -20,6 +20,7 @@ __all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES"]
 OBJECTIVES = ("policy", "value", "total")
 #: Meta-policy-gradient estimators of the inner step (see :mod:`metaopt.estimators`).
 ESTIMATORS = tuple(estimators.ESTIMATORS)
+#: Floating-point dtypes of the job by name (``MAMLConfig.dtype``).
 DTYPES = ("float32", "float64")
 
 

@@ -119,6 +119,7 @@ CHECKS: dict[str, Callable[[Sequence[str]], list[CheckResult]]] = {
     "prop3": check_prop3,
     "estimators": check_estimators,
 }
+#: Names of the checks in the catalogue (``metaopt verify --checks``).
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
 
 
@@ -145,6 +146,6 @@ def run_catalogue(checks: Sequence[str] | None = None, engines: Sequence[str] | 
         raise ValueError(f"engines: unknown {bad}; allowed: {list(ENGINES)}")
     missing = [e for e in engines if e not in available_engines()]
     if missing:
-        raise ValueError(f"engines: {missing} not installed (pip install 'metaopt[{missing[0]}]')")
+        raise ValueError(f"engines: {missing} not installed (pip install 'metaopt-torch[{missing[0]}]')")
     with torch.random.fork_rng(devices=[]):
         return [row for c in checks for row in CHECKS[c](engines)]

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [e for e in engines if e not in available_engines()]
     if missing:
         print(f"metaopt verify: error: argument --engines: {missing} not installed "
-              f"(pip install 'metaopt[{missing[0]}]')", file=sys.stderr)
+              f"(pip install 'metaopt-torch[{missing[0]}]')", file=sys.stderr)
         return 2
     if args.out is not None:  # check before the (slow) checks run, so a bad path fails at once
         try:

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["ESTIMATOR_NAMES", "BASELINE_NAMES", "POLICY_NAMES", "ENGINE_NAMES", "QUICK", "Settings", "FLAGS",
            "add_arguments", "run_study", "run"]
 
+#: The meta-policy-gradient estimators the study compares (``--estimators``).
 ESTIMATOR_NAMES = ("surrogate", "lvc", "dice")
 #: Baselines: ``metaopt.verify.estimators.BASELINES`` (not imported here: it imports torch).
 BASELINE_NAMES = ("value", "exact", "none")
+#: Policies: the ActorCritic network or a tabular softmax policy (``--policy``).
 POLICY_NAMES = ("network", "tabular")
 #: ``metaopt.engines.ENGINES`` (not imported here: it imports torch).
 ENGINE_NAMES = ("func", "higher", "torchopt")

@@ -49,7 +49,7 @@ The body's gradient flows through ``W``: with ``W = 1`` (``‖W‖² = 10``) ins
 head. ART's final RMSE is sensitive to lr with either head: default head 478 / 298 / 88 / 243 and ``ones``
 head 235 / 133 / 63 / 239 at lr ``10^-4 / 10^-3.5 / 10^-3 / 10^-2.5``. With the paper's ``10^-2.5`` the median seed
 does not recover from the first outlier (median ``σ`` jumps from ≈ 175 to ≈ 680 and the normalized error on
-the outlier is ≈ 91, one huge SGD step). SGD and PopArt hardly depend on the protocol (SGD 248.5 / 248.6,
+the outlier is ≈ 91, one huge SGD step). SGD and PopArt hardly depend on the protocol (SGD 248.1 / 248.6,
 PopArt 17.2 / 16.8).
 
 **Vectorization.** All seeds run at once: every parameter carries a leading ``[seeds]`` dimension, and the

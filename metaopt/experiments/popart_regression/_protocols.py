@@ -25,9 +25,13 @@ __all__ = [
     "resolve_protocol",
 ]
 
+#: Input width: a target's binary code, zero-padded to this many bits.
 BITS = 16
+#: Ordinary targets are uniform integers in ``0 .. MAX_TARGET``.
 MAX_TARGET = 1023
+#: The outlier target (all bits set).
 OUTLIER_TARGET = 2**BITS - 1
+#: Every this many samples, one target is the outlier.
 OUTLIER_PERIOD = 1000
 #: Hidden layer sizes of the body (four tanh layers of 10 units).
 HIDDEN = (10, 10, 10, 10)
@@ -54,6 +58,7 @@ DEFAULT_METHODS: dict[str, MethodSpec] = {
     "popart": MethodSpec(lr=10**-2.5, beta=10**-0.5, pop=True),
 }
 
+#: Simulation dtypes by name (``--dtype``).
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 #: When the test error of sample ``t`` is recorded, relative to ART (and POP) on ``Y_t``.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from metaopt._validation import check_int
-from metaopt.artifacts import check_out_dir, write_json, write_text
+from metaopt.artifacts import check_outputs, write_json, write_text
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
 from metaopt.experiments.study._parts import PARTS, QUICK, StudySettings, build_runs
 from metaopt.experiments.study._report import aggregate, markdown, plot, targets
@@ -55,7 +55,7 @@ def _check(s: StudySettings) -> StudySettings:
         raise ValueError(f"{FLAGS['betas']} must be a non-empty comma list of numbers in (0, 1), got {s.betas!r}")
     if not s.parts:
         raise ValueError(f"{FLAGS['parts']} must name at least one of {PARTS}, got none")
-    check_out_dir(Path(s.out))
+    check_outputs(Path(s.out), plot=s.plot)  # the plots come after every run: check matplotlib first
     return s
 
 
@@ -97,7 +97,8 @@ def run_study(s: StudySettings, *, command: str = "metaopt study", log: Any = pr
                "runs_wall_s": round(wall, 1), "aggregate": agg, "targets": tgt}
     write_json(out / "study.json", summary)
     write_text(out / "study.md", markdown(agg, tgt, wall, command))
-    plot(agg, out)
+    if s.plot:
+        plot(agg, out)
     return summary
 
 

@@ -29,6 +29,7 @@ from metaopt.experiments.study._runs import RunSpec
 
 __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
+#: The study's parts, in the order they run (``--parts``).
 PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
 
 
@@ -62,6 +63,7 @@ class StudySettings:
         workers: Runs trained in parallel (one process each, one torch thread each).
         out: Output directory (results of finished runs are kept there and not repeated).
         quick: A tiny budget for a smoke test (a few iterations, two seeds, short sweeps).
+        plot: Draw the study's PNG plots (--no-plot: skip them, no matplotlib needed).
     """
 
     parts: tuple[str, ...] = field(default=PARTS, metadata={"choices": PARTS})
@@ -89,6 +91,7 @@ class StudySettings:
     workers: int = 2
     out: str = "runs/study"
     quick: bool = False
+    plot: bool = True
 
 
 #: ``--quick``: what changes for a smoke test.
