@@ -49,12 +49,12 @@ test: $(STAMP)
 # Tiny-budget runs of every CLI command (the examples run inside the test suite).
 smoke: $(STAMP)
 	$(BIN)/metaopt --help > /dev/null
-	$(BIN)/metaopt popart-regression --seeds 2 --steps 300 --out runs/smoke/fig1a --no-plot
+	$(BIN)/metaopt popart-regression --seeds 2 --steps 300 --out runs/smoke/fig1a --no-plot --overwrite
 	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress --overwrite
 	$(BIN)/metaopt verify --checks torchopt-toy,higher-toy
 	$(BIN)/python benchmarks/run.py --quick --out runs/smoke/bench
 	$(BIN)/metaopt study --quick --out runs/smoke/study
-	$(BIN)/metaopt estimator-study --quick --out runs/smoke/estimator_study
+	$(BIN)/metaopt estimator-study --quick --out runs/smoke/estimator_study --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

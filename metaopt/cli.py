@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from metaopt._version import __version__
+from metaopt.dataclass_args import ArgumentParser
 
 __all__ = ["main", "SUBCOMMANDS"]
 
@@ -42,7 +43,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Build the top-level parser; only ``command``'s module is imported to add its arguments."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="metaopt",
         description="Differentiable PopArt and verified meta-gradients for meta-RL.",
     )

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
+    "ArgumentParser",
     "field_docs",
     "add_dataclass_arguments",
     "dataclass_overrides",
@@ -40,6 +41,19 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` whose errors are one line, ``prog: error: message (see prog --help)``.
+
+    argparse prints the whole usage block before the error; a command line that a script or a person got wrong
+    needs the one line that names the argument. Subparsers made with ``add_subparsers`` inherit the class.
+    Exit status 2, as argparse's.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print one line naming the problem and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
@@ -217,6 +231,6 @@ def parse_dataclass(
     Returns:
         ``cls(**parsed)``.
     """
-    parser = argparse.ArgumentParser(description=description)  # add_dataclass_arguments checks cls
+    parser = ArgumentParser(description=description)  # add_dataclass_arguments checks cls
     add_dataclass_arguments(parser, cls, choices=choices)
     return dataclass_from_args(cls, parser.parse_args(argv))

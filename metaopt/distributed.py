@@ -18,17 +18,25 @@ This module is infrastructure: it knows nothing of the job (it imports nothing f
     torchrun --nproc_per_node=4 -m metaopt.experiments.maml_rl ...    # any torchrun setup, several machines
 
 The backend is ``gloo`` for CPU tensors and ``nccl`` for CUDA tensors.
+
+Faults: every collective waits at most ``timeout`` seconds (``init_process_group(timeout=...)``; default
+:data:`DEFAULT_TIMEOUT`) for the other ranks, so a frozen or dead rank ends the job instead of hanging it. A
+failed collective raises :class:`CollectiveError` with one line naming the rank and the operation; the local
+launcher (:func:`launch`) stops the other workers and prints that one line.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import pickle
+import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +47,41 @@ from torch import Tensor
 
 from metaopt._validation import check_int
 
-__all__ = ["Communicator", "shard_slice", "select_backend", "init_from_env", "started_by_torchrun", "shutdown",
-           "spawn", "launch"]
+__all__ = ["Communicator", "CollectiveError", "ReportedError", "WorkerError", "shard_slice", "select_backend",
+           "init_from_env", "started_by_torchrun",
+           "shutdown", "spawn", "launch", "DEFAULT_TIMEOUT", "check_timeout"]
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+#: Seconds a collective waits for the other ranks before failing (torch's own default is 30 minutes).
+DEFAULT_TIMEOUT = 600.0
+
+
+class ReportedError(RuntimeError):
+    """An error whose message is the whole report: the launcher prints it as one line (no traceback)."""
+
+
+class CollectiveError(ReportedError):
+    """A collective operation failed: another rank died, or did not answer within the timeout."""
+
+
+def check_timeout(name: str, timeout: float) -> float:
+    """Check a collective timeout in seconds (a finite number > 0); return it as a float."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e9:
+        raise ValueError(f"{name} must be a number of seconds in (0, 1e9), got {timeout!r}")
+    return float(timeout)
+
+
+@contextmanager
+def _collective(rank: int, op: str) -> Iterator[None]:
+    """Turn a backend failure of collective ``op`` into one :class:`CollectiveError` line."""
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except (RuntimeError, ValueError, ConnectionError) as err:  # DistBackendError, gloo's timeout, reset peers
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise CollectiveError(f"rank {rank}: {op} failed: another process died or did not answer in time "
+                              f"({type(err).__name__}: {first[:300]})") from err
 
 
 def shard_slice(num_tasks: int, world_size: int, rank: int) -> slice:
@@ -105,7 +144,8 @@ class Communicator:
             by_dtype.setdefault(t.dtype, []).append(t)
         for group in by_dtype.values():
             flat = torch.cat([t.detach().reshape(-1) for t in group]).to(self.device)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            with _collective(self.rank, "all_reduce"):
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
             offset = 0
             for t in group:
                 with torch.no_grad():
@@ -126,19 +166,22 @@ class Communicator:
         pad = torch.zeros((*local.shape[:-1], width), dtype=local.dtype, device=self.device)
         pad[..., : local.shape[-1]] = local.detach().to(self.device)
         parts = [torch.empty_like(pad) for _ in range(self.world_size)]
-        dist.all_gather(parts, pad, group=self.group)
+        with _collective(self.rank, "all_gather"):
+            dist.all_gather(parts, pad, group=self.group)
         out = torch.cat([p[..., : s.stop - s.start] for p, s in zip(parts, shards, strict=True)], dim=-1)
         return out.to(local.device)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Rank ``src``'s ``obj`` on every rank (pickled)."""
         box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src=src, group=self.group)
+        with _collective(self.rank, "broadcast"):
+            dist.broadcast_object_list(box, src=src, group=self.group)
         return box[0]
 
     def barrier(self) -> None:
         """Wait for every rank."""
-        dist.barrier(group=self.group)
+        with _collective(self.rank, "barrier"):
+            dist.barrier(group=self.group)
 
     def check_replicated(self, tensors: Sequence[Tensor], iteration: int) -> None:
         """Raise the same ``RuntimeError`` on every rank if ``tensors`` (the replicated state) differ between ranks."""
@@ -147,7 +190,8 @@ class Communicator:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         h.update(str(iteration).encode())
         digests: list[Any] = [None] * self.world_size
-        dist.all_gather_object(digests, h.hexdigest(), group=self.group)
+        with _collective(self.rank, "all_gather_object"):
+            dist.all_gather_object(digests, h.hexdigest(), group=self.group)
         if len(set(digests)) != 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
             raise RuntimeError(
@@ -169,8 +213,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def init_from_env(device: torch.device | str | None = None) -> Communicator:
-    """Initialize the default process group from torchrun's environment (``env://``)."""
+def init_from_env(device: torch.device | str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> Communicator:
+    """Initialize the default process group from torchrun's environment (``env://``).
+
+    Every collective then waits at most ``timeout`` seconds for the other ranks.
+    """
+    check_timeout("timeout", timeout)
     missing = [k for k in _ENV if k not in os.environ]
     if missing:
         raise RuntimeError(
@@ -178,7 +226,8 @@ def init_from_env(device: torch.device | str | None = None) -> Communicator:
             "on one machine use `metaopt maml-rl --nproc N` instead"
         )
     if not dist.is_initialized():
-        dist.init_process_group(select_backend(device), init_method="env://")
+        dist.init_process_group(select_backend(device), init_method="env://",
+                                timeout=datetime.timedelta(seconds=timeout))
     return Communicator.current(device)
 
 
@@ -191,24 +240,41 @@ def _loopback_interface() -> str | None:
 
 
 def _spawned(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...],
-             result_path: str, threads: int) -> None:
-    """Body of one spawned worker: join the group through the parent's store, run ``fn``, save rank 0's result."""
+             result_path: str, threads: int, timeout: float) -> None:
+    """Body of one spawned worker: join the group through the parent's store, run ``fn``, save rank 0's result.
+
+    A failure is written to ``result_path.error<rank>`` (one line for a :class:`CollectiveError`, else the
+    traceback) and the process exits at once with status 1: no barrier or teardown that could wait on a dead or
+    frozen peer.
+    """
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     lo = _loopback_interface()
     if lo is not None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)  # all workers are local: talk over loopback
-    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False)
-    dist.init_process_group(select_backend(), store=store, rank=rank, world_size=world_size)
     try:
+        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout))
+        with _collective(rank, "joining the process group"):
+            dist.init_process_group(select_backend(), store=store, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=timeout))
         result = fn(Communicator.current(), *args)
         if rank == 0:
             with open(result_path, "wb") as f:
                 pickle.dump(result, f)
-        dist.barrier()  # leave together: no rank tears down while another still talks to it
-    finally:
+        with _collective(rank, "barrier"):
+            dist.barrier()  # leave together: no rank tears down while another still talks to it
         dist.destroy_process_group()
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which prints it
+        import traceback
+
+        text = str(err).replace("\n", " ") if isinstance(err, ReportedError) else traceback.format_exc()
+        with open(f"{result_path}.error{rank}", "w") as f:
+            f.write(text)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     # Success: skip the interpreter's teardown, where the destruction order of gloo's and the store's C++
     # threads can abort the process ("terminate called without an active exception", seen under load).
     sys.stdout.flush()
@@ -216,26 +282,37 @@ def _spawned(rank: int, world_size: int, port: int, fn: Callable[..., Any], args
     os._exit(0)
 
 
-def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = None) -> Any:
+class WorkerError(RuntimeError):
+    """A worker of :func:`spawn` failed or died.
+
+    The message is one line, unless a worker raised an unexpected error (then it carries that worker's traceback).
+    """
+
+
+def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = None,
+          timeout: float = DEFAULT_TIMEOUT) -> Any:
     """Run ``fn(comm, *args)`` in ``nproc`` local worker processes joined in a gloo process group.
 
     Rendezvous goes through a store that this process serves on 127.0.0.1 on a free port chosen by the
-    OS (no port race). ``fn`` and ``args`` must be picklable (``fn`` a module-level function).
+    OS (no port race). ``fn`` and ``args`` must be picklable (``fn`` a module-level function). When one worker
+    fails or dies, the others get a short grace period, then SIGTERM, then SIGKILL (a frozen, ``SIGSTOP``-ed
+    worker is killed too).
 
     Args:
         fn: The worker body; gets a :class:`Communicator` first.
         nproc: Number of processes (>= 1).
         args: Further arguments of ``fn``.
         threads: Torch threads per worker (default: ``OMP_NUM_THREADS`` if set, else 1).
+        timeout: Seconds a collective waits for the other workers before it fails.
 
     Returns:
         Rank 0's return value.
 
     Raises:
-        torch.multiprocessing.ProcessRaisedException: a worker raised (the others are stopped).
-        torch.multiprocessing.ProcessExitedException: a worker died.
+        WorkerError: a worker raised or died (the others are stopped).
     """
     check_int("nproc", nproc, low=1)
+    check_timeout("timeout", timeout)
     if threads is None:
         threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     import torch.multiprocessing as mp
@@ -243,23 +320,74 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None = 
     store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
     with tempfile.TemporaryDirectory(prefix="metaopt-dist-") as tmp:
         result_path = str(Path(tmp) / "result.pkl")
-        mp.spawn(_spawned, args=(nproc, store.port, fn, tuple(args), result_path, threads), nprocs=nproc,
-                 join=True)
+        ctx = mp.spawn(_spawned, args=(nproc, store.port, fn, tuple(args), result_path, threads, timeout),
+                       nprocs=nproc, join=False)
+        failure = _wait(ctx.processes)
+        if failure is not None:
+            raise WorkerError(_failure_line(failure, result_path, nproc))
         with open(result_path, "rb") as f:
             return pickle.load(f)
 
 
-def launch(fn: Callable[..., int], nproc: int, *args: Any, prog: str = "metaopt") -> int:
-    """Run ``fn(comm, *args) -> exit code`` on ``nproc`` local processes; return rank 0's code (1 if one failed)."""
-    import torch.multiprocessing as mp
+def _wait(procs: Sequence[Any], grace: float = 2.0) -> str | None:
+    """Wait for every worker; at the first failure give the others ``grace`` seconds, then SIGKILL them.
 
+    Returns:
+        ``None`` when all exited with 0, else how the first failed one ended (``process 1 was killed by
+        SIGKILL``).
+    """
+    import multiprocessing.connection
+    import time
+
+    pending = {p.sentinel: (r, p) for r, p in enumerate(procs)}
+    failure = None
+    while pending and failure is None:
+        for sentinel in multiprocessing.connection.wait(list(pending)):
+            rank, proc = pending.pop(sentinel)
+            proc.join()
+            if proc.exitcode != 0 and failure is None:
+                code = proc.exitcode
+                failure = (f"process {rank} was killed by {signal.Signals(-code).name}" if code < 0
+                           else f"process {rank} exited with status {code}")
+    if failure is not None:
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in procs:  # SIGKILL: a frozen (SIGSTOP-ed) worker would not act on SIGTERM
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.join()
+    return failure
+
+
+def _failure_line(failure: str, result_path: str, nproc: int) -> str:
+    """One line for a failed :func:`spawn`: what the workers reported, else how the first one ended."""
+    reports = []
+    for r in range(nproc):
+        try:
+            reports.append(Path(f"{result_path}.error{r}").read_text().strip())
+        except OSError:
+            pass
+    collective = [t for t in reports if "\n" not in t]
+    if collective:
+        return f"{failure}; {collective[0]}" if "killed" in failure else collective[0]
+    if reports:
+        return f"a worker process failed:\n{reports[0]}"
+    return f"a worker process died: {failure}"
+
+
+def launch(fn: Callable[..., int], nproc: int, *args: Any, prog: str = "metaopt",
+           timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Run ``fn(comm, *args) -> exit code`` on ``nproc`` local processes; return rank 0's code.
+
+    When a worker fails or dies, the others are stopped, ``prog: error: ...`` is printed (one line for a dead or
+    unresponsive worker) and the exit code is 4.
+    """
     try:
-        return int(spawn(fn, nproc, *args))
-    except mp.ProcessRaisedException as err:
-        print(f"{prog}: error: a worker process failed:\n{err}", file=sys.stderr)
-    except mp.ProcessExitedException as err:
-        print(f"{prog}: error: a worker process died: {err}", file=sys.stderr)
-    return 1
+        return int(spawn(fn, nproc, *args, timeout=timeout))
+    except WorkerError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+    return 4
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,10 +18,39 @@ from torch import Tensor, nn
 
 from metaopt._validation import check_open_unit_interval, check_positive
 
-__all__ = ["MetaParameters", "LEARNABLE"]
+__all__ = ["MetaParameters", "LEARNABLE", "check_representable"]
 
 #: Meta-parameters that can be learned (``MetaParameters(learn=...)``, ``--learn``).
 LEARNABLE = ("lr", "beta")
+
+
+def check_representable(lr: float, beta: float, dtype: torch.dtype, *, lr_name: str = "lr",
+                        beta_name: str = "beta") -> None:
+    """Check that ``exp(log lr)`` and ``sigmoid(logit beta)`` round-trip in ``dtype`` to usable values.
+
+    ``lr = exp(log_lr)`` must be positive and finite and ``beta = sigmoid(logit_beta)`` strictly inside
+    ``(0, 1)`` once stored in ``dtype`` (``lr=1e-50`` is 0 in float32, ``beta=1e-300`` is 0 in float32).
+
+    Example:
+        >>> check_representable(1e-50, 0.1, torch.float64)  # 1e-50 is a float64 number
+        >>> try:
+        ...     check_representable(1e-50, 0.1, torch.float32)  # exp(log 1e-50) underflows to 0 in float32
+        ... except ValueError as err:
+        ...     print(str(err).split(";")[0])
+        lr must be representable in torch.float32 (exp(log lr) positive and finite), got 1e-50
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch dtype (e.g. torch.float32), got {dtype!r}")
+    info = torch.finfo(dtype)
+    log_lr = torch.tensor(math.log(lr), dtype=dtype, device="cpu")
+    value = float(log_lr.exp())
+    if not (0 < value < math.inf):
+        raise ValueError(f"{lr_name} must be representable in {dtype} (exp(log lr) positive and finite), got {lr!r}; "
+                         f"expected a value in [{info.tiny:.2g}, {info.max:.2g}]")
+    b = float(torch.sigmoid(torch.tensor(math.log(beta) - math.log1p(-beta), dtype=dtype, device="cpu")))
+    if not (0 < b < 1):
+        raise ValueError(f"{beta_name} must be representable in {dtype} strictly inside (0, 1) (sigmoid(logit beta)), "
+                         f"got {beta!r} (it rounds to {b}); expected a value in [{info.tiny:.2g}, 1 - {info.eps:.2g}]")
 
 
 def _key(name: str) -> str:
@@ -34,10 +63,11 @@ class MetaParameters(nn.Module):
     Args:
         lr: Initial inner learning rate (> 0).
         beta: Initial PopArt step size in ``(0, 1)``.
-        learn: Which of ``"lr"``, ``"beta"`` receive meta-gradients.
+        learn: Which of ``"lr"``, ``"beta"`` receive meta-gradients (a collection of names; one name as a string,
+            ``"lr"``, means ``("lr",)``).
         per_parameter: Parameter names that each get their own learning rate (Meta-SGD); ``None`` means
             one scalar rate for all.
-        dtype: Floating dtype.
+        dtype: Floating dtype (``lr`` and ``beta`` must be representable in it, see :func:`check_representable`).
         device: Device of the meta-parameters.
     """
 
@@ -57,6 +87,11 @@ class MetaParameters(nn.Module):
         super().__init__()
         check_positive("lr", lr)
         check_open_unit_interval("beta", beta)
+        if isinstance(learn, str):
+            if learn not in LEARNABLE:
+                raise ValueError(f"learn must be a collection of names from {LEARNABLE} (e.g. ('lr', 'beta')), got the "
+                                 f"string {learn!r}")
+            learn = (learn,)
         learn = tuple(learn)
         unknown = [x for x in learn if x not in LEARNABLE]
         if unknown:
@@ -64,6 +99,9 @@ class MetaParameters(nn.Module):
         self.learn = learn
         self.per_parameter = tuple(per_parameter) if per_parameter is not None else None
         dtype = dtype or torch.get_default_dtype()
+        if isinstance(lr, Tensor) or isinstance(beta, Tensor):
+            lr, beta = float(lr), float(beta)
+        check_representable(lr, beta, dtype)
 
         def make(value: float, learned: bool) -> Tensor:
             t = torch.tensor(value, dtype=dtype, device=device)

@@ -255,7 +255,8 @@ def test_cli_protocol_and_overrides(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == {"name": "reproduction", "record": "after", "head_init": "ones", "art_lr": 10**-3.5}
     assert summary["methods"]["art"]["lr"] == 10**-3.5
-    assert cli.main([*argv, "--protocol", "reproduction", "--head-init", "default", "--art-lr", "0.001"]) == 0
+    assert cli.main([*argv, "--protocol", "reproduction", "--head-init", "default", "--art-lr", "0.001",
+                     "--overwrite"]) == 0  # the same --out: replacing its results is explicit
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"] == {"name": "custom", "record": "after", "head_init": "default", "art_lr": 0.001}
     assert "protocol custom: record after ART, head init default" in capsys.readouterr().out

@@ -57,7 +57,7 @@ def require(module: str) -> Any:
     except ImportError as err:  # pragma: no cover - exercised with a monkeypatched import in tests
         raise ImportError(
             f"engine={module!r} needs the optional dependency {module!r}, which is not installed: "
-            f"pip install 'metaopt[{module}]' (or pip install -c constraints.txt '.[{module}]')"
+            f"pip install 'metaopt-torch[{module}]' (or pip install -c constraints.txt '.[{module}]')"
         ) from err
 
 
@@ -275,6 +275,7 @@ def adapt(
     engine: str = "func",
     popart_state: pa.PopArtState | None = None,
     params: Mapping[str, Tensor] | None = None,
+    check: bool = True,
 ) -> AdaptResult:
     """Run the inner loop on one task and return differentiable fast weights.
 
@@ -287,6 +288,8 @@ def adapt(
         engine: ``"func"``, ``"higher"`` or ``"torchopt"``.
         popart_state: Initial PopArt statistics (required when ``inner.popart`` is set).
         params: Optional starting fast weights by name (default: the model's parameters).
+        check: Checked mode (as :func:`adapt_tasks`'): raise :class:`NonFiniteTaskError` (``tasks=[0]``) if the
+            weights, a loss or the PopArt statistics came out non-finite; ``check=False`` returns them as they are.
 
     Returns:
         An :class:`AdaptResult`. Backpropagating an outer loss through ``result.params`` gives
@@ -296,7 +299,25 @@ def adapt(
     check_choice("engine", engine, ENGINES)
     start, lr, beta = _prepare(model, inner, meta, popart_state, params)
     with make_engine(engine, model) as eng:
-        return _unroll(_single(eng.step, inner), inner, batch, lr, beta, start, popart_state)
+        res = _unroll(_single(eng.step, inner), inner, batch, lr, beta, start, popart_state)
+    if check:
+        _check_single(res)
+    return res
+
+
+def _check_single(result: AdaptResult) -> None:
+    """Checked mode of :func:`adapt`: the one task's weights, losses and statistics must be finite."""
+    leaves = {f"params[{n!r}]": p for n, p in result.params.items()} | {
+        f"loss[{k}]": t for k, t in enumerate(result.losses)}
+    if result.popart_state is not None:
+        leaves |= {"popart_state.mu": result.popart_state.mu, "popart_state.sigma": result.popart_state.sigma}
+    if not all(is_concrete(t) for t in leaves.values()):
+        return  # inside an outer torch.func transform: values cannot be read
+    bad = [name for name, t in leaves.items() if not bool(torch.isfinite(t.detach()).all())]
+    if bad:
+        raise NonFiniteTaskError(f"the inner loop produced non-finite values ({', '.join(bad[:4])}"
+                                 f"{', ...' if len(bad) > 4 else ''}); expected finite weights and losses (a smaller "
+                                 "lr?)", [0])
 
 
 def adapt_tasks(

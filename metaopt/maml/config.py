@@ -11,10 +11,10 @@ from metaopt import estimators
 from metaopt._validation import check_bool, check_choice, check_int, check_real
 from metaopt.engines import ENGINES
 from metaopt.inner_optim import KINDS
-from metaopt.meta_params import LEARNABLE
+from metaopt.meta_params import LEARNABLE, check_representable
 from metaopt.rl import ACTIVATIONS, VALUE_UNITS
 
-__all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES"]
+__all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES", "MAX_SEED"]
 
 #: Which outer terms a learned inner hyperparameter follows.
 OBJECTIVES = ("policy", "value", "total")
@@ -22,6 +22,9 @@ OBJECTIVES = ("policy", "value", "total")
 ESTIMATORS = tuple(estimators.ESTIMATORS)
 #: Floating-point dtypes of the job by name (``MAMLConfig.dtype``).
 DTYPES = ("float32", "float64")
+#: The largest seed: the run derives seeds ``seed * 7919 + iteration`` and ``seed * 1009 + repeat``, which must
+#: stay below 2**63 (torch's generators take 64-bit seeds).
+MAX_SEED = 2**48 - 1
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -170,11 +173,12 @@ class MAMLConfig:
         for key in ("tasks", "trajectories", "iterations", "inner_steps", "hidden", "num_states", "num_actions",
                     "horizon", "eval_tasks"):
             check_int(n(key), getattr(self, key), low=1)
-        for key in ("eval_every", "seed"):
-            check_int(n(key), getattr(self, key), low=0)
+        check_int(n("eval_every"), self.eval_every, low=0)
+        check_int(n("seed"), self.seed, low=0, high=MAX_SEED)
         for key in ("inner_lr", "outer_lr", "meta_lr"):
             check_real(n(key), getattr(self, key), low=0.0, low_open=True)
         check_real(n("beta"), self.beta, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_representable(self.inner_lr, self.beta, self.torch_dtype, lr_name=n("inner_lr"), beta_name=n("beta"))
         check_real(n("inner_momentum"), self.inner_momentum, low=0.0, high=1.0, high_open=True)
         check_real(n("gamma"), self.gamma, low=0.0, high=1.0, low_open=True)
         check_real(n("lam"), self.lam, low=0.0, high=1.0)
@@ -199,6 +203,8 @@ class MAMLConfig:
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"{n('device')} must be a torch device such as 'cpu' or 'cuda', got "
                              f"{self.device!r}") from err
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{n('device')} must be 'cpu' or a CUDA device ('cuda', 'cuda:1'), got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{n('device')}={self.device!r} needs CUDA, which this machine does not have; "
                              "expected 'cpu'")

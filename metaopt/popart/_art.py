@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from metaopt._validation import (
+    NonFiniteValueError,
     check_finite,
     check_open_unit_interval,
     check_same_dtype,
@@ -122,7 +123,8 @@ def art(
 
     Raises:
         TypeError: wrong types or mixed dtypes.
-        ValueError: ``beta`` outside ``(0, 1)``, non-finite targets, a state with ``sigma <= 0`` or
+        ValueError: ``beta`` outside ``(0, 1)``, non-finite targets, targets whose mean or variance overflows the
+            dtype (:class:`~metaopt._validation.NonFiniteValueError`), a state with ``sigma <= 0`` or
             non-finite values, shape mismatches, task ids out of range, bad bounds, an unknown
             ``batch_rule``, ``debias`` with ``batch_rule="sum"``.
     """
@@ -155,6 +157,13 @@ def art(
     var_new = (1 - b) * (state.sigma**2 + b * d**2) + b * var
     sigma_new = var_new.clamp(min=sigma_min**2).sqrt().clamp(min=sigma_min, max=sigma_max)
 
+    if is_concrete(mu_new) and is_concrete(var_new) and not bool(
+            (torch.isfinite(mu_new) & torch.isfinite(var_new) | ~touched).all()):
+        big = float(y.detach().abs().max())
+        raise NonFiniteValueError(
+            f"targets are too large for {y.dtype}: their mean or variance overflows (max |target| = {big:.3g}; the "
+            f"squares must stay below {torch.finfo(y.dtype).max:.3g}); expected smaller targets (rescale them) or "
+            "float64")
     new = PopArtState(torch.where(touched, mu_new, state.mu), torch.where(touched, sigma_new, state.sigma), count)
     if is_concrete(sigma_new):
         _warn_if_clipped(new, touched, sigma_min, sigma_max)

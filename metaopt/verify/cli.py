@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metaopt.artifacts import check_out_dir, write_text
+from metaopt.artifacts import check_new_file, check_out_dir, write_text
 from metaopt.engines import ENGINES
 from metaopt.verify.catalogue import CHECK_NAMES, CheckResult, available_engines, run_catalogue
 
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (one object per row plus a summary)")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the printed report to this file (a file path, not a directory)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def exit_code(results: Sequence[CheckResult]) -> int:
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.out is not None:  # check before the (slow) checks run, so a bad path fails at once
         try:
-            check_out_file(args.out)
+            check_out_file(args.out, overwrite=args.overwrite)
         except ValueError as err:
             print(f"metaopt verify: error: {err}", file=sys.stderr)
             return 2
@@ -135,9 +136,13 @@ def run(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
-def check_out_file(out: Path) -> None:
-    """``--out`` must name a file that can be written (not a directory, not below a file, writable)."""
+def check_out_file(out: Path, *, overwrite: bool = False) -> None:
+    """``--out`` must name a file that can be written (not a directory, not below a file, writable).
+
+    It must also be a new file unless ``overwrite`` (``--overwrite``).
+    """
     if out.is_dir():
         raise ValueError(f"--out must be a file path, got {str(out)!r}, which is a directory (expected e.g. "
                          f"{str(out / 'verify.json')!r})")
     check_out_dir(out.parent)
+    check_new_file(out, overwrite=overwrite)

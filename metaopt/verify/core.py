@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from metaopt._validation import check_int, check_real
+
 __all__ = ["GradientCheck", "GradientReport", "check_gradients", "finite_difference", "relative_error"]
 
 
@@ -38,6 +40,8 @@ def finite_difference(
     Returns:
         ``(fd, index)``: the differences ``[n]`` and the flat indices used (``None`` = all, in order).
     """
+    check_real("eps", eps, low=0.0, low_open=True)
+    check_int("max_elements", max_elements, low=1, allow_none=True)
     flat = tensor.detach().view(-1)  # shares storage with tensor; writes below change tensor itself
     n = flat.numel()
     index = None
@@ -135,14 +139,26 @@ def check_gradients(
         A :class:`GradientReport` with one :class:`GradientCheck` per input.
 
     Raises:
-        ValueError: an input does not require grad, or the objective is not a finite scalar.
+        ValueError: no inputs, an input does not require grad or has no entries, ``eps <= 0``, ``rtol < 0``,
+            ``max_elements < 1``, the objective is not a finite scalar, or it has no gradient path to the inputs.
     """
+    check_real("eps", eps, low=0.0, low_open=True)
+    check_real("rtol", rtol, low=0.0)
+    check_int("max_elements", max_elements, low=1, allow_none=True)
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise ValueError(f"inputs must name at least one tensor to check, got {inputs!r}")
     for name, t in inputs.items():
         if not isinstance(t, Tensor) or not t.requires_grad:
             raise ValueError(f"inputs[{name!r}] must be a tensor that requires grad, got {type(t).__name__}")
+        if t.numel() == 0:
+            raise ValueError(f"inputs[{name!r}] must have at least one entry to compare, got shape {tuple(t.shape)}")
     value = objective()
     if not isinstance(value, Tensor) or value.numel() != 1 or not torch.isfinite(value).all():
         raise ValueError(f"objective() must return a finite scalar tensor, got {value!r}")
+    if not value.requires_grad:
+        raise ValueError(f"objective() must depend differentiably on the inputs {list(inputs)}, but its value has no "
+                         "gradient path (it does not require grad: computed under no_grad, detached, or not from "
+                         "the inputs)")
     names = list(inputs)
     grads = torch.autograd.grad(value, [inputs[n] for n in names], allow_unused=True)
     gen = torch.Generator().manual_seed(seed)

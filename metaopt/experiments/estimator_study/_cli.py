@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metaopt.artifacts import check_outputs
+from metaopt.artifacts import check_no_results, check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.estimator_study._report import format_markdown, write_outputs
 
@@ -74,6 +74,8 @@ class Settings:
     """draw estimator_bias.png (--no-plot: skip it, no matplotlib needed)"""
     save_samples: bool = False
     """also write samples.pt: the raw [R, P] meta-gradients and the exact references"""
+    overwrite: bool = False
+    """replace the results of an earlier run in --out (without it, an --out holding them is refused)"""
 
     def validate(self) -> Settings:
         """Check every field; errors name the flag, the value and what was expected. Returns ``self``."""
@@ -125,6 +127,9 @@ def _check(settings: Settings) -> Settings:
     """Check everything before any work: the settings, ``--out`` and the plot's matplotlib."""
     settings.validate()
     check_outputs(Path(settings.out), plot=settings.plot)
+    from metaopt.experiments.estimator_study._report import OUTPUTS
+
+    check_no_results(Path(settings.out), OUTPUTS.values(), overwrite=settings.overwrite)
     return settings.resolved()
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaopt.artifacts import check_outputs
+from metaopt.artifacts import check_no_results, check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.popart_regression._experiment import run_experiment
 from metaopt.experiments.popart_regression._protocols import (
@@ -57,10 +57,12 @@ class Settings:
     """output folder (curves.csv, summary.json, fig1a.png)"""
     plot: bool = True
     """draw fig1a.png (--no-plot: skip it, no matplotlib needed)"""
+    overwrite: bool = False
+    """replace the results of an earlier run in --out (without it, an --out holding them is refused)"""
 
     def experiment(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`run_experiment` (every field but ``out`` and ``plot``)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "plot")}
+        """The keyword arguments of :func:`run_experiment` (every field but ``out``, ``plot`` and ``overwrite``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "plot", "overwrite")}
 
 
 #: Settings field -> command-line flag, for error messages.
@@ -76,6 +78,7 @@ def _check(settings: Settings) -> None:
     """Check everything before any work: the experiment's arguments, ``--out`` and the plot's matplotlib."""
     _check_arguments(**settings.experiment(), names=FLAGS)
     check_outputs(Path(settings.out), plot=settings.plot)
+    check_no_results(Path(settings.out), ("curves.csv", "summary.json", "fig1a.png"), overwrite=settings.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ rollouts, so the intervals across seeds show the spread of meta-training, not of
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import math
 import time
@@ -24,7 +26,7 @@ from metaopt.envs import TaskBatch, sample_tasks
 from metaopt.exact import exact_maml_return, expected_return, policy_logits
 from metaopt.maml import MAMLConfig, MetaLearner
 
-__all__ = ["RunSpec", "exact_gains", "execute", "t_interval", "TEST_SEED"]
+__all__ = ["RunSpec", "exact_gains", "execute", "t_interval", "TEST_SEED", "cache_key", "valid_cached"]
 
 #: Seed of the fixed test tasks (the same base tasks for every method, seed and scale).
 TEST_SEED = 2_024_1123
@@ -155,19 +157,80 @@ def _eval_settings(spec: RunSpec) -> dict[str, Any]:
             "eval_repeats": spec.eval_repeats, "limit": spec.limit}
 
 
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Metaopt's version and a SHA-256 of its Python sources (any code change gives a new cache key)."""
+    import metaopt
+
+    root = Path(metaopt.__file__).parent
+    h = hashlib.sha256(metaopt.__version__.encode())
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(spec: RunSpec, cfg: MAMLConfig) -> str:
+    """SHA-256 of everything a cached result depends on.
+
+    The run's settings, the resolved configuration and the code version (:func:`_code_version`).
+    """
+    settings = {"part": spec.part, "method": spec.method, "value": spec.value, "seed": spec.seed,
+                "config": cfg.to_dict(), "scales": list(spec.scales), "trainer": spec.trainer,
+                "eval": _eval_settings(spec), "test_seed": TEST_SEED, "code": _code_version()}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def valid_cached(path: Path, spec: RunSpec, cfg: MAMLConfig) -> dict[str, Any] | None:
+    """The cached result at ``path`` if it is a whole, consistent result of exactly this run and code, else ``None``.
+
+    Checks: readable JSON object; ``cache_key`` equal to :func:`cache_key` (settings and code version); the
+    fields' types; and for a completed run, ``gain_per_task`` of ``len(scales) x eval_tasks`` finite numbers
+    whose means are the stored ``gain_by_scale``, ``mean_gain`` and ``worst_gain``.
+    """
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(cached, dict) or cached.get("cache_key") != cache_key(spec, cfg):
+        return None
+    if not isinstance(cached.get("status"), str) or not isinstance(cached.get("final"), dict) \
+            or not isinstance(cached.get("curve"), list):
+        return None
+    if cached["status"] != "completed":
+        return cached if cached.get("gain_by_scale") is None else None
+    gains = cached.get("gain_per_task")
+    if (not isinstance(gains, list) or len(gains) != len(spec.scales)
+            or any(not isinstance(r, list) or len(r) != spec.eval_tasks or not all(map(_is_number, r)) for r in gains)):
+        return None
+    by_scale = [sum(r) / len(r) for r in gains]
+    stored = cached.get("gain_by_scale")
+    if (not isinstance(stored, list) or len(stored) != len(by_scale) or not all(map(_is_number, stored))
+            or any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(stored, by_scale, strict=True))):
+        return None
+    for key, want in (("mean_gain", sum(by_scale) / len(by_scale)), ("worst_gain", min(by_scale))):
+        got = cached.get(key)
+        if not isinstance(got, int | float) or not _is_number(got) or abs(got - want) > 1e-9 * max(1.0, abs(want)):
+            return None
+    return cached
+
+
 def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
     """Train ``spec``'s configuration, evaluate it, and (with ``out``) cache the result as ``out/<key>.json``.
 
-    A run whose result file exists with the same configuration and evaluation is not repeated (the study resumes
-    at run granularity); a changed configuration trains again.
+    A run whose result file is valid for the same settings and code (:func:`valid_cached`) is not repeated (the
+    study resumes at run granularity); a changed configuration or code version, or a truncated, mistyped or
+    inconsistent file, trains again and replaces it.
     """
     path = None if out is None else out / f"{spec.key}.json"
     cfg = MAMLConfig(**spec.config).validate()
     if path is not None and path.is_file():
-        cached = dict(json.loads(path.read_text()))
-        same = (cached.get("config") == cfg.to_dict() and cached.get("scales") == list(spec.scales)
-                and cached.get("trainer", "job") == spec.trainer and cached.get("eval") == _eval_settings(spec))
-        if same:
+        cached = valid_cached(path, spec, cfg)
+        if cached is not None:
             return cached
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -201,7 +264,8 @@ def execute(spec: RunSpec, out: Path | None = None) -> dict[str, Any]:
             limit_by_scale = [float(x) for x in limit.mean(1)]
     by_scale = None if gains is None else [sum(row) / len(row) for row in gains]
     result: dict[str, Any] = {
-        "key": spec.key, "part": spec.part, "method": spec.method, "value": spec.value, "seed": spec.seed,
+        "key": spec.key, "cache_key": cache_key(spec, cfg), "part": spec.part, "method": spec.method,
+        "value": spec.value, "seed": spec.seed,
         "trainer": spec.trainer, "eval": _eval_settings(spec),
         "status": status, "scales": list(spec.scales), "config": cfg.to_dict(),
         "gain_by_scale": by_scale,
