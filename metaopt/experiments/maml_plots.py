@@ -48,12 +48,23 @@ def plot_run(out: Path, train_rows: list[dict[str, Any]], eval_rows: list[dict[s
     fig.tight_layout()
     paths = [save_figure(fig, out / "returns.png")]
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("beta", "lr"), strict=True):
+    health = all("live_units" in r for r in train_rows)
+    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(13.5 if health else 9, 3.5))
+    for ax, key in zip(axes, ("beta", "lr"), strict=False):
         ax.plot(it, [r[key] for r in train_rows])
         ax.set_xlabel("meta-iteration")
         ax.set_yscale("log")
-        ax.set_title(f"{key} ({'learned' if key in cfg.learn else 'fixed'})")
+        mean = " (mean over parameters)" if key == "lr" and cfg.lr_per_parameter else ""
+        ax.set_title(f"{key} ({'learned' if key in cfg.learn else 'fixed'}){mean}")
+        ax.grid(alpha=0.3)
+    if health:  # is theta_0's policy still a function of the state?
+        ax = axes[2]
+        ax.plot(it, [r["live_units"] for r in train_rows], color="tab:green", label="live hidden units (fraction)")
+        ax.plot(it, [r["logit_spread"] for r in train_rows], color="tab:purple", label="spread of log pi over states")
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylim(bottom=0)
+        ax.set_title("theta_0's health (0: the policy ignores the state)")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(save_figure(fig, out / "meta_params.png"))
