@@ -35,6 +35,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             row["by_scale"] = [t_interval([r["gain_by_scale"][i] for r in ok]) for i in range(len(row["scales"]))]
             if all("mean_limit_gain" in r for r in ok):
                 row["limit_gain"] = t_interval([r["mean_limit_gain"] for r in ok])
+            row["seed_gains"] = {str(r["seed"]): r["mean_gain"] for r in ok}
             row["lr"] = [r["final"]["lr"] for r in ok]
             row["config_lr"] = ok[0]["config"]["inner_lr"]
             row["beta"] = [r["final"]["beta"] for r in ok]
@@ -78,6 +79,26 @@ def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str
         lrp = [abs(x) for x in lr[sl]]
         med_lr = statistics.median(lrp) if lrp else math.nan
         out[f"ratio_{name}"] = statistics.median([abs(x) for x in part]) / med_lr if med_lr else math.nan
+    return out
+
+
+def _paired(rows: list[dict[str, Any]], tag: str) -> dict[float | None, tuple[float, float]]:
+    """Each fixed beta's (and the learned beta's) gain minus the same seed's mean over the fixed-beta grid.
+
+    Seeds share theta_0's initialization and the task stream across the grid, so the paired difference removes the
+    seed-to-seed spread of meta-training that dominates the unpaired intervals.
+    """
+    grid = [r for r in rows if r["method"] == f"fixed-beta-{tag}" and r.get("seed_gains")]
+    seeds = set.intersection(*(set(r["seed_gains"]) for r in grid)) if grid else set()
+    learned = _one(rows, f"learned-beta-{tag}")
+    if learned and learned.get("seed_gains"):
+        seeds &= set(learned["seed_gains"])
+    if len(seeds) < 2:
+        return {}
+    base = {sd: statistics.fmean(r["seed_gains"][sd] for r in grid) for sd in seeds}
+    out: dict[float | None, tuple[float, float]] = {}
+    for r in sorted(grid, key=lambda r: r["value"]) + ([learned] if learned and learned.get("seed_gains") else []):
+        out[r["value"]] = t_interval([r["seed_gains"][sd] - base[sd] for sd in sorted(seeds)])
     return out
 
 
@@ -143,6 +164,13 @@ def targets(agg: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     f"means {max(fixed) - min(fixed):.3f}"})
         inside = sweep[0][0] < best["value"] < sweep[-1][0]
         lower = bm - (0.0 if math.isnan(bh) else bh)
+        paired = _paired(rows, tag)
+        if paired:
+            out.append({"target": f"{tag}: a fixed beta differs from the grid, paired by seed (the difference to the "
+                        "same seed's grid mean; 95% interval excludes 0)",
+                        "met": any(abs(m) > h for m, h in paired.values() if not math.isnan(h)),
+                        "detail": ", ".join(f"{'learned' if b is None else format(b, 'g')}: {_fmt(m, h)}"
+                                            for b, (m, h) in paired.items())})
         out.append({"target": f"{tag}: beta has an interior optimum (the best fixed beta inside the grid, its 95% "
                     "interval above both ends' means)", "met": inside and lower > max(sweep[0][1][0], sweep[-1][1][0]),
                     "detail": "gain by beta: " + ", ".join(f"{b:g}: {_fmt(m, h)}" for b, (m, h) in sweep)})
@@ -263,11 +291,34 @@ def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
         a2.legend(fontsize=7)
         fig.tight_layout()
         paths.append(save_figure(fig, out / "study_scale.png"))
-    tags = sorted({r["method"].removeprefix("fixed-beta-") for r in agg.get("beta", [])
-                   if r["method"].startswith("fixed-beta-")})
     panels = (("interior", "maml", "maml-learned-lr", "fixed inner lr (SGD)"),
-              ("interior-adam", "maml-adam", "maml-adam-learned-lr", "fixed inner lr (Adam)"),
-              *((f"beta-{t}", f"fixed-beta-{t}", f"learned-beta-{t}", f"fixed beta ({t})") for t in tags))
+              ("interior-adam", "maml-adam", "maml-adam-learned-lr", "fixed inner lr (Adam)"))
+    beta_rows = agg.get("beta", [])
+    tags = sorted({r["method"].removeprefix("fixed-beta-") for r in beta_rows if r["method"].startswith("fixed-beta-")})
+    if tags:
+        fig, axes = plt.subplots(1, len(tags), figsize=(4.2 * len(tags), 3.8), squeeze=False)
+        for ax, tag in zip(axes[0], tags, strict=True):
+            paired = _paired(beta_rows, tag)
+            fixed = [(b, mh) for b, mh in paired.items() if b is not None]
+            if not fixed:
+                continue
+            ax.errorbar([b for b, _ in fixed], [m for _, (m, _) in fixed], capsize=3, marker="o",
+                        yerr=[0 if math.isnan(h) else h for _, (_, h) in fixed], label="fixed beta")
+            learned = _one(beta_rows, f"learned-beta-{tag}")
+            if None in paired and learned:
+                m, h = paired[None]
+                ax.errorbar([statistics.fmean(learned["beta"])], [m], yerr=[0 if math.isnan(h) else h], marker="*",
+                            ms=14, color="tab:red", capsize=3, label="learned (x = final beta)")
+            ax.axhline(0.0, color="gray", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("beta")
+            ax.set_title(tag)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("gain/c minus the seed's grid mean")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle("PopArt-MAML: beta's effect on the exact adaptation gain, paired by seed (95% intervals)")
+        fig.tight_layout()
+        paths.append(save_figure(fig, out / "study_beta.png"))
     for part, method, learned, xlabel in panels:
         rows = agg.get(part.split("-")[0], [])
         sweep = [r for r in rows if r["method"] == method and r.get("mean_gain")]
