@@ -284,6 +284,6 @@ def test_bad_inputs():
 def test_missing_engine_library_message(monkeypatch, engine):
     monkeypatch.setitem(sys.modules, engine, None)  # makes `import engine` raise ImportError
     model = make_model()
-    with pytest.raises(ImportError, match=rf"engine='{engine}' needs .* pip install 'metaopt\[{engine}\]'"):
+    with pytest.raises(ImportError, match=rf"engine='{engine}' needs .* pip install 'metaopt-torch\[{engine}\]'"):
         adapt(model, make_inner(model), None, MetaParameters(dtype=torch.float64), engine=engine,
               popart_state=pa.init(1, dtype=torch.float64))

@@ -636,13 +636,18 @@ def _train_loop(cfg: MAMLConfig, out: Path, learner: MetaLearner, history: dict[
 
 
 def _namespaced(row: dict[str, Any]) -> dict[str, float]:
-    """Scalar names for TensorBoard/W&B (cleanrl's namespaces): ``train/pre_return``, ``eval/...``, ``meta/beta``."""
+    """Scalar names for TensorBoard/W&B (cleanrl's namespaces).
+
+    ``train/pre_return``, ``eval/...``, ``meta/beta``, ``meta/grad_logit_beta``, ``health/live_units``.
+    """
     out = {}
     for k, v in row.items():
         if k == "iteration":
             continue
-        if k in ("lr", "beta"):
+        if k in ("lr", "beta") or k.startswith("grad_"):
             out[f"meta/{k}"] = v
+        elif k in ("live_units", "logit_spread"):
+            out[f"health/{k}"] = v
         elif k.startswith("test_"):
             out[f"eval/{k}"] = v
         else:

@@ -304,11 +304,11 @@ def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
                 continue
             ax.errorbar([b for b, _ in fixed], [m for _, (m, _) in fixed], capsize=3, marker="o",
                         yerr=[0 if math.isnan(h) else h for _, (_, h) in fixed], label="fixed beta")
-            learned = _one(beta_rows, f"learned-beta-{tag}")
-            if None in paired and learned:
-                m, h = paired[None]
-                ax.errorbar([statistics.fmean(learned["beta"])], [m], yerr=[0 if math.isnan(h) else h], marker="*",
-                            ms=14, color="tab:red", capsize=3, label="learned (x = final beta)")
+            learned_row = _one(beta_rows, f"learned-beta-{tag}")
+            if None in paired and learned_row:
+                lm, lh = paired[None]
+                ax.errorbar([statistics.fmean(learned_row["beta"])], [lm], yerr=[0 if math.isnan(lh) else lh],
+                            marker="*", ms=14, color="tab:red", capsize=3, label="learned (x = final beta)")
             ax.axhline(0.0, color="gray", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("beta")
