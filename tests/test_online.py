@@ -1,0 +1,338 @@
+"""Online meta-gradients (metaopt.online): checked against finite differences and a plain autograd unroll.
+
+The reference below (``_plain_update``) is written independently of the engines: ART and POP from
+``metaopt.popart``, the inner gradient by ``torch.autograd.grad``, a hand-written SGD step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metaopt import popart as pa
+from metaopt.engines import ENGINES, InnerLoop, PopArtSpec
+from metaopt.inner_optim import adam, sgd
+from metaopt.meta_params import MetaParameters
+from metaopt.online import OnlineMetaLearner, art_sensitivity, scaled_error
+
+D = torch.float64
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 5), nn.Tanh())
+        self.head = nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)).squeeze(-1)
+
+
+def _net(seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    return Net().double()
+
+
+def _batches(n: int, seed: int = 3, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Targets whose scale jumps every 4 batches (non-stationary), in real units up to ~1e2."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(3, generator=g, dtype=D)
+    out = []
+    for t in range(n):
+        x = torch.randn(size, 3, generator=g, dtype=D)
+        scale = [1.0, 30.0, 3.0, 100.0][(t // 4) % 4]
+        out.append((x, scale * (x @ w + 0.5 * torch.randn(size, generator=g, dtype=D)) + scale))
+    return out
+
+
+def _problem(model: Net, scale: float | None = 10.0):
+    """The inner loss, a meta-loss in real units over a scale (a constant: finite differences of the objective
+    are its gradient; ``None``: over sg(sigma), whose value moves with beta) and the PopArt spec."""
+
+    def inner_loss(p, batch, s):
+        n = functional_call(model, p, (batch[0],))
+        return 0.5 * ((n - pa.normalize(s, batch[1])) ** 2).mean()
+
+    def meta_loss(p, batch, s):
+        pred = pa.unnormalize(s, functional_call(model, p, (batch[0],)))
+        return scaled_error(pred, batch[1], s.sigma if scale is None else scale).mean()
+
+    spec = PopArtSpec("head.weight", "head.bias", targets=lambda p, batch, s: batch[1])
+    return inner_loss, meta_loss, spec
+
+
+def _learner(model, k, *, lr=0.05, beta=0.2, engine="func", carry=True, optimizer=None, meta_opt_lr=0.0,
+             learn=("lr", "beta"), meta_loss=None, scale=10.0):
+    inner_loss, default_meta, spec = _problem(model, scale)
+    inner = InnerLoop(inner_loss, steps=k, popart=spec, optimizer=optimizer or sgd())
+    meta = MetaParameters(lr=lr, beta=beta, learn=learn, dtype=D)
+    return OnlineMetaLearner(model, inner, meta, meta_loss or default_meta, engine=engine, carry=carry,
+                             popart_state=pa.init(1, dtype=D),
+                             meta_optimizer=lambda ps: torch.optim.SGD(ps, lr=meta_opt_lr))
+
+
+# --------------------------------------------------------------------------------- independent reference
+def _plain_update(model, p, s, batch, lr, beta):
+    """ART, POP, then SGD on the normalized loss with the new statistics held constant (create_graph)."""
+    new = pa.art(s, batch[1], beta)
+    p = dict(p)
+    p["head.weight"], p["head.bias"] = pa.pop(p["head.weight"], p["head.bias"], s, new)
+    leaves = {n: v if v.requires_grad else v.detach().requires_grad_() for n, v in p.items()}
+    n = functional_call(model, leaves, (batch[0],))
+    loss = 0.5 * ((n - pa.normalize(new, batch[1])) ** 2).mean()  # the statistics enter as they are
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    return {k: v - lr * g for (k, v), g in zip(leaves.items(), grads, strict=True)}, new
+
+
+def _meta(model, p, s, batch):
+    return _problem(model)[1](p, batch, s)
+
+
+def _k_step_objective(model, batches, s0, k, lr0, beta0, lr, beta, *, carry=True):
+    """The k-step objective of window [s0, s0 + k): lifetime statistics recomputed with ``beta`` (carry), the
+    network's unnormalized weights at s0 from the run with (lr0, beta0), k updates with (lr, beta), meta-loss on
+    batch s0 + k."""
+    p = {n: v.detach() for n, v in model.named_parameters()}
+    s = pa.init(1, dtype=D)
+    for t in range(s0):
+        p, s = _plain_update(model, p, s, batches[t], lr0, beta0)
+        p = {n: v.detach() for n, v in p.items()}
+        s = pa.PopArtState(*(x.detach() for x in s))
+    if carry:
+        s_new = pa.init(1, dtype=D)
+        for t in range(s0):
+            s_new = pa.art(s_new, batches[t][1], beta)
+        w_tilde, b_tilde = s.sigma[:, None] * p["head.weight"], s.sigma * p["head.bias"] + s.mu
+        p = dict(p)
+        p["head.weight"], p["head.bias"] = w_tilde / s_new.sigma[:, None], (b_tilde - s_new.mu) / s_new.sigma
+        s = s_new
+    for t in range(s0, s0 + k):
+        p, s = _plain_update(model, p, s, batches[t], lr, beta)
+    return _meta(model, p, s, batches[s0 + k])
+
+
+def _fd(f, x, eps=1e-5):
+    return (f(x + eps) - f(x - eps)) / (2 * eps)
+
+
+# ------------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("carry", [True, False])
+def test_truncated_meta_gradient_matches_finite_differences_of_the_k_step_objective(engine, carry):
+    model, k, s0, lr0, beta0 = _net(), 3, 3, 0.05, 0.2
+    batches = _batches(s0 + k + 1)
+    learner = _learner(model, k, lr=lr0, beta=beta0, engine=engine, carry=carry)
+    infos = [learner.step(b) for b in batches]
+    learner.close()
+    got = infos[s0 + k].meta_grad
+    assert got is not None and infos[s0 + k].meta_loss is not None
+    assert [i.meta_grad is not None for i in infos] == [t in (3, 6) for t in range(s0 + k + 1)]
+
+    log_lr0, logit0 = math.log(lr0), math.log(beta0 / (1 - beta0))
+
+    def j(log_lr, logit):
+        lr, beta = torch.tensor(log_lr, dtype=D).exp(), torch.sigmoid(torch.tensor(logit, dtype=D))
+        with torch.enable_grad():
+            return float(_k_step_objective(model, batches, s0, k, lr0, beta0, lr, beta, carry=carry))
+
+    assert float(infos[s0 + k].meta_loss) == pytest.approx(j(log_lr0, logit0), rel=1e-12)
+    fd_lr = _fd(lambda x: j(x, logit0), log_lr0)
+    fd_beta = _fd(lambda x: j(log_lr0, x), logit0)
+    assert abs(fd_beta) > 1e-4 and abs(fd_lr) > 1e-4  # both directions matter here
+    assert float(got["log_lr"]) == pytest.approx(fd_lr, rel=1e-6, abs=1e-8)
+    assert float(got["logit_beta"]) == pytest.approx(fd_beta, rel=1e-6, abs=1e-8)
+
+
+def test_carried_sensitivity_changes_the_beta_gradient():
+    """The statistics' whole-lifetime sensitivity is not a negligible term (the FD test checks both values)."""
+    grads = {}
+    for carry in (True, False):
+        model = _net()
+        learner = _learner(model, 3, carry=carry)
+        infos = [learner.step(b) for b in _batches(10)]
+        grads[carry] = float(infos[9].meta_grad["logit_beta"])
+    assert abs(grads[True] - grads[False]) > 0.1 * abs(grads[False])
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_art_sensitivity_matches_finite_differences_over_a_lifetime(debias):
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 1e3, 0.1, 50.0], dtype=D)
+    ys = [scales[(t // 50) % 4] * (1 + torch.randn(1, generator=g, dtype=D)) for t in range(200)]
+    beta0 = 0.05
+
+    def run(beta):
+        s = pa.init(1, dtype=D)
+        for y in ys:
+            s = pa.art(s, y, torch.tensor(beta, dtype=D), debias=debias)
+        return s
+
+    s = pa.init(1, dtype=D)
+    tangent = (torch.zeros(1, dtype=D), torch.zeros(1, dtype=D))
+    for y in ys:
+        s, tangent = art_sensitivity(s, tangent, y, torch.tensor(beta0, dtype=D), debias=debias)
+    ref = run(beta0)
+    assert torch.allclose(s.mu, ref.mu, rtol=1e-13) and torch.allclose(s.sigma, ref.sigma, rtol=1e-13)
+    eps = 1e-7
+    hi, lo = run(beta0 + eps), run(beta0 - eps)
+    fd_mu, fd_sigma = (hi.mu - lo.mu) / (2 * eps), (hi.sigma - lo.sigma) / (2 * eps)
+    assert fd_sigma.abs().item() > 1.0  # a real sensitivity, not ~0
+    torch.testing.assert_close(tangent[0], fd_mu, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(tangent[1], fd_sigma, rtol=1e-6, atol=1e-6)
+
+
+def test_art_sensitivity_one_step_closed_form():
+    """d mu'/d beta = (1 - beta) dmu + d and the sigma formula of the docstring, at one step."""
+    s = pa.PopArtState(torch.tensor([2.0], dtype=D), torch.tensor([3.0], dtype=D), torch.tensor([5.0], dtype=D))
+    dmu, dsig, beta, y = torch.tensor([0.7], dtype=D), torch.tensor([-1.1], dtype=D), 0.3, torch.tensor([9.0], dtype=D)
+    new, (tmu, tsig) = art_sensitivity(s, (dmu, dsig), y, torch.tensor(beta, dtype=D))
+    d = 9.0 - 2.0
+    assert float(tmu) == pytest.approx((1 - beta) * 0.7 + d, rel=1e-14)
+    rhs = -(9.0 + beta * d * d) + (1 - beta) * (2 * 3.0 * -1.1 + d * d - 2 * beta * d * 0.7)
+    assert float(tsig) == pytest.approx(rhs / (2 * float(new.sigma)), rel=1e-13)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_window_of_the_whole_lifetime_gives_the_full_gradient(engine):
+    model, T, lr0, beta0 = _net(1), 6, 0.05, 0.3
+    batches = _batches(T + 1, seed=5)
+    learner = _learner(model, T, lr=lr0, beta=beta0, engine=engine)
+    infos = [learner.step(b) for b in batches]
+    learner.close()  # torchopt keeps the fast weights in the module while a window is open
+    got = infos[T].meta_grad
+    log_lr = torch.tensor(math.log(lr0), dtype=D, requires_grad=True)
+    logit = torch.tensor(math.log(beta0 / (1 - beta0)), dtype=D, requires_grad=True)
+    p = {n: v.detach() for n, v in model.named_parameters()}
+    s = pa.init(1, dtype=D)
+    for t in range(T):
+        p, s = _plain_update(model, p, s, batches[t], log_lr.exp(), torch.sigmoid(logit))
+    full = torch.autograd.grad(_meta(model, p, s, batches[T]), [log_lr, logit])
+    assert float(got["log_lr"]) == pytest.approx(float(full[0]), rel=1e-9)
+    assert float(got["logit_beta"]) == pytest.approx(float(full[1]), rel=1e-9)
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_sigma_inflation_guard_no_inner_learning_gives_zero_beta_gradient(carry):
+    """lr -> 0: POP preserves every prediction, so a real-units meta-loss gives beta no gradient; a meta-loss
+    in normalized units (the gameable one) does."""
+    model = _net(2)
+    batches = _batches(13, seed=7)
+    learner = _learner(model, 3, lr=1e-30, beta=0.2, carry=carry, learn=("beta",), scale=None)
+    zero = [i.meta_grad["logit_beta"] for i in (learner.step(b) for b in batches) if i.meta_grad is not None]
+
+    def gameable(p, batch, s):
+        n = functional_call(model, p, (batch[0],))
+        return 0.5 * ((n - pa.normalize(s, batch[1])) ** 2).mean()
+
+    learner = _learner(model, 3, lr=1e-30, beta=0.2, carry=carry, learn=("beta",), meta_loss=gameable)
+    game = [i.meta_grad["logit_beta"] for i in (learner.step(b) for b in batches) if i.meta_grad is not None]
+    assert len(zero) == len(game) == 4
+    for z, gm in zip(zero, game, strict=True):
+        assert abs(float(gm)) > 1e-5
+        assert abs(float(z)) <= 1e-12 * abs(float(gm))
+
+
+def test_hypergradient_descent_k1_without_popart():
+    """k = 1, SGD: dL(theta_{t+1})/d log lr = -lr * grad L_{t+1}(theta_{t+1}) . grad L_t(theta_t) (Baydin et al.)."""
+    model = _net(4)
+    batches = _batches(3, seed=9)
+
+    def loss(p, batch, s):
+        return 0.5 * ((functional_call(model, p, (batch[0],)) - batch[1] / 10) ** 2).mean()
+
+    lr = 0.03
+    learner = OnlineMetaLearner(model, InnerLoop(loss, steps=1), MetaParameters(lr=lr, learn=("lr",), dtype=D),
+                                loss, meta_optimizer=lambda ps: torch.optim.SGD(ps, lr=0.0))
+    infos = [learner.step(b) for b in batches]
+    p0 = {n: v.detach().requires_grad_() for n, v in model.named_parameters()}
+    g0 = torch.autograd.grad(loss(p0, batches[0], None), list(p0.values()))
+    p1 = {n: (v - lr * g).detach().requires_grad_() for (n, v), g in zip(p0.items(), g0, strict=True)}
+    g1 = torch.autograd.grad(loss(p1, batches[1], None), list(p1.values()))
+    expected = -lr * sum(float((a * b).sum()) for a, b in zip(g0, g1, strict=True))
+    assert float(infos[1].meta_grad["log_lr"]) == pytest.approx(expected, rel=1e-10)
+
+
+def _run_engine(engine, steps=14):
+    model = _net(6)
+    learner = _learner(model, 3, lr=0.01, beta=0.1, engine=engine, optimizer=adam(), meta_opt_lr=0.0)
+    learner.meta_opt = torch.optim.Adam(list(learner.learned.values()), lr=3e-2)
+    infos = [learner.step(b) for b in _batches(steps, seed=11)]
+    learner.close()
+    grads = torch.stack([torch.stack(list(i.meta_grad.values())) for i in infos if i.meta_grad is not None])
+    return learner, grads
+
+
+def test_engines_agree_with_adam_state_persisting_and_meta_steps():
+    ref, ref_grads = _run_engine("func")
+    assert ref.opt_state.nu, "Adam's state persists across windows"
+    assert float(ref.values()["beta"]) != pytest.approx(0.1, rel=1e-3)  # the meta-optimizer moved beta
+    for engine in ("higher", "torchopt"):
+        other, grads = _run_engine(engine)
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-8, atol=1e-12)
+        for n in ref.params:
+            torch.testing.assert_close(other.params[n], ref.params[n], rtol=1e-8, atol=1e-12)
+        for key in ("lr", "beta"):
+            torch.testing.assert_close(other.values()[key], ref.values()[key], rtol=1e-8, atol=0.0)
+
+
+def test_population_equals_independent_learners():
+    """learners=S (vmap) gives each learner exactly what it gets alone, with its own lr and beta."""
+    S, k, steps = 3, 2, 9
+    data = [_batches(steps, seed=20 + i) for i in range(S)]
+    singles = []
+    for i in range(S):
+        model = _net(0)
+        learner = _learner(model, k, meta_opt_lr=0.0)
+        learner.meta_opt = torch.optim.Adam(list(learner.learned.values()), lr=5e-2)
+        for b in data[i]:
+            learner.step(b)
+        singles.append(learner.values())
+    model = _net(0)
+    inner_loss, meta_loss, spec = _problem(model)
+    pop = OnlineMetaLearner(model, InnerLoop(inner_loss, steps=k, popart=spec),
+                            MetaParameters(lr=0.05, beta=0.2, learn=("lr", "beta"), dtype=D), meta_loss,
+                            popart_state=pa.init(S, dtype=D).__class__(*(t.reshape(S, 1) for t in pa.init(S, dtype=D))),
+                            learners=S, meta_lr=5e-2)
+    for t in range(steps):
+        pop.step(tuple(torch.stack([data[i][t][j] for i in range(S)]) for j in range(2)))
+    values = pop.values()
+    assert values["beta"].shape == (S,)
+    for i in range(S):
+        for key in ("lr", "beta"):
+            assert float(values[key][i]) == pytest.approx(float(singles[i][key]), rel=1e-10)
+    assert len({round(float(v), 8) for v in values["beta"]}) == S  # the learners differ
+
+
+def test_scaled_error_values_and_stop_gradient():
+    pred = torch.tensor([1.0, 10.0], dtype=D, requires_grad=True)
+    scale = torch.tensor(2.0, dtype=D, requires_grad=True)
+    sq = scaled_error(pred, torch.zeros(2, dtype=D), scale)
+    torch.testing.assert_close(sq, torch.tensor([0.125, 12.5], dtype=D))
+    hub = scaled_error(pred, torch.zeros(2, dtype=D), scale, huber=1.0)
+    torch.testing.assert_close(hub, torch.tensor([0.125, 4.5], dtype=D))
+    hub.sum().backward()
+    assert scale.grad is None
+
+
+def test_bad_arguments_name_the_argument():
+    model = _net()
+    inner_loss, meta_loss, spec = _problem(model)
+    meta = MetaParameters(lr=0.1, beta=0.1, learn=("beta",), dtype=D)
+    with pytest.raises(ValueError, match="inner.truncate"):
+        OnlineMetaLearner(model, InnerLoop(inner_loss, steps=3, truncate=1, popart=spec), meta, meta_loss,
+                          popart_state=pa.init(1, dtype=D))
+    with pytest.raises(ValueError, match="engine must be 'func'"):
+        OnlineMetaLearner(model, InnerLoop(inner_loss, popart=spec), meta, meta_loss,
+                          popart_state=pa.init(1, dtype=D), learners=2, engine="higher")
+    with pytest.raises(ValueError, match="popart_state"):
+        OnlineMetaLearner(model, InnerLoop(inner_loss, popart=spec), meta, meta_loss)
+    with pytest.raises(ValueError, match="per_parameter"):
+        OnlineMetaLearner(model, InnerLoop(inner_loss, popart=spec),
+                          MetaParameters(lr=0.1, per_parameter=["head.bias"], dtype=D), meta_loss,
+                          popart_state=pa.init(1, dtype=D))
+    with pytest.raises(ValueError, match="huber"):
+        scaled_error(torch.zeros(1), torch.zeros(1), 1.0, huber=-1.0)
