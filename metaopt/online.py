@@ -89,13 +89,16 @@ from torch import Tensor, nn
 
 from metaopt import inner_optim
 from metaopt import popart as pa
-from metaopt._validation import check_bool, check_int, check_positive, check_real
+from metaopt._validation import check_bool, check_choice, check_int, check_positive, check_real
 from metaopt.engines import ENGINES, InnerLoop, make_engine
 from metaopt.engines._driver import _task_step
 from metaopt.inner_optim import InnerOptState
 from metaopt.meta_params import MetaParameters
 
-__all__ = ["MetaLossFn", "StepInfo", "OnlineMetaLearner", "art_sensitivity", "scaled_error"]
+__all__ = ["REATTACH", "MetaLossFn", "StepInfo", "OnlineMetaLearner", "art_sensitivity", "scaled_error"]
+
+#: How a window's start re-attaches the carried statistics (see the module docstring).
+REATTACH = ("pop", "normalized")
 
 Params = dict[str, Tensor]
 #: ``meta_loss(params, batch, popart_state) -> scalar``: the meta-objective of one learner on a batch it has not
@@ -229,6 +232,9 @@ class OnlineMetaLearner:
         params: Starting weights by name (``[S, ...]`` stacked for a population; default: the model's, shared).
         learners: ``None`` for one learner, or the population size ``S`` (every batch leaf stacked on dim 0).
         carry: Carry the statistics' whole-lifetime sensitivity to beta (default) or cut it at each window.
+        reattach: What stays constant when the statistics are re-attached at a window's start: ``"pop"`` (the
+            unnormalized head, exact when the network does not learn) or ``"normalized"`` (the normalized head:
+            predictions then move with the statistics; see the module docstring).
         meta_lr: Learning rate of the default meta-optimizer, ``torch.optim.Adam`` on the learned log-space
             parameters.
         meta_optimizer: Optional factory ``params -> torch.optim.Optimizer`` replacing the default.
@@ -246,6 +252,7 @@ class OnlineMetaLearner:
         params: dict[str, Tensor] | None = None,
         learners: int | None = None,
         carry: bool = True,
+        reattach: str = "pop",
         meta_lr: float = 3e-2,
         meta_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
     ) -> None:
@@ -269,6 +276,7 @@ class OnlineMetaLearner:
             raise ValueError(f"a population (learners={learners}) runs vectorized: engine must be 'func', got "
                              f"{engine!r}")
         check_bool("carry", carry)
+        check_choice("reattach", reattach, REATTACH)
         check_real("meta_lr", meta_lr, low=0.0)
         names = [n for n, _ in model.named_parameters()]
         if inner.popart is not None:
@@ -287,6 +295,7 @@ class OnlineMetaLearner:
 
         self.model, self.inner, self.meta, self.meta_loss = model, inner, meta, meta_loss
         self.engine, self.learners, self.carry, self.window = engine, learners, carry, inner.steps
+        self.reattach = reattach
         self.names = names
         #: Current weights (detached values between windows).
         self.params: Params = {n: start[n].detach() for n in names}
@@ -333,6 +342,13 @@ class OnlineMetaLearner:
         """The current ``lr`` and ``beta`` (detached; ``[S]`` for a population)."""
         return {"lr": self.log_lr.detach().exp(), "beta": torch.sigmoid(self.logit_beta.detach())}
 
+    def current(self) -> tuple[Params, pa.PopArtState | None]:
+        """The current weights and statistics (detached), e.g. to record a test error before :meth:`step`."""
+        if self._live is None:
+            return dict(self.params), self.popart_state
+        params, state, _ = self._live
+        return _detach(params), _detach(state)
+
     def _start_window(self) -> None:
         """Live hyperparameters, re-attached statistics and head, and a fresh engine context."""
         lr, beta = self.log_lr.exp(), torch.sigmoid(self.logit_beta)
@@ -346,6 +362,8 @@ class OnlineMetaLearner:
                 old = pa.PopArtState(mu, sigma, count)
                 shift = bt - bt.detach()
                 live = pa.PopArtState(mu + shift * dmu, sigma + shift * dsigma, count)
+                if self.reattach == "normalized":  # the normalized head is the constant
+                    return w, b, live.mu, live.sigma
                 w2, b2 = pa.pop(w, b, old, live)  # values unchanged; the unnormalized head is the constant
                 return w2, b2, live.mu, live.sigma
 
