@@ -38,6 +38,10 @@ CONFIGS: dict[str, tuple[tuple[float, float], dict[str, Any]]] = {
     "far-normalized": (FAR, {"reattach": "normalized"}),
     "far-rms": (FAR, {"meta_scale": "rms"}),
     "far-normalized-rms": (FAR, {"reattach": "normalized", "meta_scale": "rms"}),
+    "far-k50": (FAR, {"truncation": 50}),
+    "far-normalized-k50": (FAR, {"reattach": "normalized", "truncation": 50}),
+    "far-meta-lr-0.1": (FAR, {"meta_lr": 0.1}),
+    "far-normalized-meta-lr-0.1": (FAR, {"reattach": "normalized", "meta_lr": 0.1}),
 }
 
 
@@ -121,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for lr in LOG_LRS:
                 r = _run(args.seeds, args.steps, b, lr, **common)
                 grid.append({"log_beta": b, "log_lr": lr, **r})
-                print(f"grid beta=10^{b:g} lr=10^{lr:g}: {r['rmse_inliers']['median']:.1f}", file=sys.stderr, flush=True)
+                print(f"grid beta=10^{b:g} lr=10^{lr:g}: {r['rmse_inliers']['median']:.1f}", file=sys.stderr,
+                      flush=True)
         res = {"seeds": args.seeds, "steps": args.steps, "seed": args.seed, "log_betas": list(LOG_BETAS),
                "log_lrs": list(LOG_LRS), "grid": grid, "grid_wall_time_s": time.perf_counter() - start,
                "learned": {}}

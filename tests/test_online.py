@@ -336,3 +336,80 @@ def test_bad_arguments_name_the_argument():
                           popart_state=pa.init(1, dtype=D))
     with pytest.raises(ValueError, match="huber"):
         scaled_error(torch.zeros(1), torch.zeros(1), 1.0, huber=-1.0)
+
+
+# ------------------------------------------------------------------------- Fig. 1a learned online (CLI)
+def test_fig1a_online_with_zero_meta_lr_reproduces_the_fixed_run():
+    """meta-lr 0: the online learner (engines' step, vmap over seeds) takes exactly the hand-written fixed updates."""
+    from metaopt.experiments import popart_regression as pr
+
+    kw = {"dtype": "float64", "seed": 4, "beta": 0.05, "lr": 10**-2.5}
+    fixed = pr.run_experiment(3, 120, "popart", **kw)
+    online = pr.run_experiment(3, 120, "popart", learn="beta,lr", meta_lr=0.0, truncation=7, **kw)
+    torch.testing.assert_close(online.squared_errors["popart"], fixed.squared_errors["popart"], rtol=1e-9, atol=1e-9)
+    assert online.hyper["popart"]["beta"].shape == (3, 120)
+    torch.testing.assert_close(online.hyper["popart"]["beta"], torch.full((3, 120), 0.05, dtype=D))
+    moved = pr.run_experiment(3, 120, "popart", learn="beta,lr", truncation=7, **kw)
+    assert (moved.hyper["popart"]["lr"][:, -1] != 10**-2.5).all()  # the meta-optimizer does step them
+    torch.testing.assert_close(moved.hyper["popart"]["beta"][:, :7], torch.full((3, 7), 0.05, dtype=D))  # window 1
+    assert (moved.hyper["popart"]["beta"][:, 7] - 0.05).abs().min() > 1e-4  # ... then they move
+
+
+def test_rmse_inliers_leaves_out_the_outlier_positions():
+    from metaopt.experiments import popart_regression as pr
+
+    res = pr.run_experiment(2, 2100, "sgd", seed=1)
+    sq = torch.full((2, 2100), 4.0, dtype=D)
+    sq[:, [1000, 2000]] = 1e10
+    sq[1] = 9.0
+    sq[1, [1000, 2000]] = 1e10
+    fake = pr.Results(2, 2100, 1, 10, "float64", res.specs, res.outliers, {"sgd": sq}, res.curves)
+    q = fake.rmse_inliers("sgd")
+    assert q["median"] == pytest.approx(2.5) and q["p10"] == pytest.approx(2.1) and q["p90"] == pytest.approx(2.9)
+
+
+def test_cli_learn_writes_rmse_inliers_and_learned_values(tmp_path, capsys, monkeypatch):
+    import json
+
+    from metaopt import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"popart-regression": cli.SUBCOMMANDS["popart-regression"]})
+    out = tmp_path / "learn"
+    argv = ["popart-regression", "--seeds", "2", "--steps", "40", "--methods", "sgd,popart", "--learn", "beta,lr",
+            "--beta", "0.001", "--lr", "0.0003", "--truncation", "5", "--out", str(out)]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    pop, sgd_ = summary["methods"]["popart"], summary["methods"]["sgd"]
+    assert pop["learned"] and not sgd_["learned"]
+    assert pop["initial_beta"] == 0.001 and pop["initial_lr"] == 0.0003
+    assert pop["beta"] != 0.001 and pop["lr"] != 0.0003 and sgd_["lr"] == 10**-3.5
+    assert pop["rmse_inliers"] > 0 and summary["online"]["truncation"] == 5
+    assert (out / "fig1a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "popart learns beta,lr online" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--learn", "gamma"], "--learn"),
+        (["--methods", "sgd", "--learn", "beta"], "does not run popart"),
+        (["--beta", "1.5"], "--beta"),
+        (["--lr", "0"], "--lr"),
+        (["--learn", "lr", "--truncation", "0"], "--truncation"),
+        (["--learn", "lr", "--huber", "-1"], "--huber"),
+        (["--meta-scale", "mad"], "--meta-scale"),
+    ],
+)
+def test_cli_learn_rejects_bad_input_without_writing(tmp_path, capsys, monkeypatch, argv, message):
+    from metaopt import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"popart-regression": cli.SUBCOMMANDS["popart-regression"]})
+    out = tmp_path / "never"
+    try:
+        code = cli.main(["popart-regression", *argv, "--out", str(out)])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()

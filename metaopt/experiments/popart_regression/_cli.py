@@ -13,7 +13,6 @@ from metaopt.artifacts import check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.popart_regression._experiment import run_experiment
 from metaopt.experiments.popart_regression._online import LEARNABLE, META_SCALES
-from metaopt.online import REATTACH
 from metaopt.experiments.popart_regression._protocols import (
     DEFAULT_METHODS,
     DTYPES,
@@ -23,6 +22,7 @@ from metaopt.experiments.popart_regression._protocols import (
     _check_arguments,
 )
 from metaopt.experiments.popart_regression._report import format_table, write_outputs
+from metaopt.online import REATTACH
 
 __all__ = ["Settings", "FLAGS", "add_arguments", "run"]
 

@@ -81,8 +81,10 @@ class Results:
         return {k: float(v[-1]) for k, v in self.quantiles(method).items()}
 
     def rmse_inliers(self, method: str) -> dict[str, float]:
-        r"""Each seed's RMSE over all samples except the outliers, :math:`\sqrt{\mathrm{mean}_{t \notin O} e_t^2}`;
-        median and 10th/90th percentiles over seeds."""
+        r"""Median and 10th/90th percentiles over seeds of each seed's RMSE over all samples except the outliers.
+
+        Per seed :math:`\sqrt{\mathrm{mean}_{t \notin O} e_t^2}`, ``O`` the outlier positions.
+        """
         keep = torch.ones(self.steps, dtype=torch.bool)
         keep[self.outliers] = False
         per_seed = self.squared_errors[method][:, keep].mean(1).sqrt()
@@ -90,8 +92,10 @@ class Results:
         return {"median": float(q[0]), "p10": float(q[1]), "p90": float(q[2])}
 
     def final_hyper(self, method: str) -> dict[str, dict[str, float]]:
-        """The ``lr`` and ``beta`` of the last update: median and 10th/90th percentiles over seeds (fixed
-        methods: their values)."""
+        """The ``lr`` and ``beta`` of the last update: median and 10th/90th percentiles over seeds.
+
+        Fixed methods report their values.
+        """
         spec = self.specs[method]
         if method not in self.hyper:
             fixed = {"lr": spec.lr, "beta": spec.beta}

@@ -11,7 +11,8 @@ Huber-robust (:func:`metaopt.online.scaled_error`):
 :math:`\ell = \mathrm{huber}_\delta\big((\sigma\, n(x) + \mu - Y) / \mathrm{sg}(s)\big)` with ``s = sigma``
 (``meta_scale="sigma"``) or ``s`` a running RMS of the seed's recorded errors,
 :math:`s_t^2 = (1-\rho) s_{t-1}^2 + \rho e_t^2`, :math:`\rho = 0.01`, taken before the evaluated sample's
-error enters (``meta_scale="rms"``; not a function of ``beta`` for the gradient). Adam on ``log lr`` and ``logit beta`` (elementwise: the seeds do not interact).
+error enters (``meta_scale="rms"``; not a function of ``beta`` for the gradient). Adam on ``log lr`` and
+``logit beta`` (elementwise: the seeds do not interact).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metaopt import popart as pa
+from metaopt._validation import check_bool, check_choice, check_int, check_positive, check_real
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.experiments.popart_regression._protocols import BITS, HIDDEN
 from metaopt.meta_params import MetaParameters
-from metaopt._validation import check_bool, check_choice, check_int, check_positive, check_real
 from metaopt.online import REATTACH, OnlineMetaLearner, scaled_error
 
 __all__ = ["LEARNABLE", "META_SCALES", "OnlineSpec", "check_online", "simulate_online"]

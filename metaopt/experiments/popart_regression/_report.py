@@ -26,7 +26,7 @@ def format_table(results: Results) -> str:
         f"protocol {results.protocol_name}: record {proto.record} ART, head init {proto.head_init}):",
         f"{'method':<8} {'lr':>9} {'beta':>9} {'median':>10} {'p10':>10} {'p90':>10} {'inliers':>9} {'time s':>8}",
     ]
-    for m, spec in results.specs.items():
+    for m in results.specs:
         f = results.final(m)
         hyper = results.final_hyper(m)
         beta = "-" if "beta" not in hyper else f"{hyper['beta']['median']:.3g}"
@@ -107,9 +107,9 @@ def _plot(results: Results) -> Figure:
         probs = torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64)
         for m in learned:
             for key, color in (("beta", "tab:purple"), ("lr", "tab:orange")):
-                q = torch.quantile(results.hyper[m][key], probs, dim=0)
-                hx.plot(steps, q[0].numpy(), color=color, lw=1, label=f"{m}: learned {'β' if key == 'beta' else 'lr'}")
-                hx.fill_between(steps, q[1].numpy(), q[2].numpy(), color=color, alpha=0.25, lw=0)
+                hq = torch.quantile(results.hyper[m][key], probs, dim=0)
+                hx.plot(steps, hq[0].numpy(), color=color, lw=1, label=f"{m}: learned {'β' if key == 'beta' else 'lr'}")
+                hx.fill_between(steps, hq[1].numpy(), hq[2].numpy(), color=color, alpha=0.25, lw=0)
         for t in results.outliers:
             hx.axvline(t, color="0.8", lw=0.5)
         hx.set_yscale("log")
