@@ -38,6 +38,9 @@ CONFIGS: dict[str, tuple[tuple[float, float], dict[str, Any]]] = {
     "far-normalized": (FAR, {"reattach": "normalized"}),
     "far-rms": (FAR, {"meta_scale": "rms"}),
     "far-normalized-rms": (FAR, {"reattach": "normalized", "meta_scale": "rms"}),
+    "far-forward": (FAR, {"mode": "forward"}),
+    "paper-start-forward": (PAPER, {"mode": "forward"}),
+    "far-forward-rms": (FAR, {"mode": "forward", "meta_scale": "rms"}),
     "far-k50": (FAR, {"truncation": 50}),
     "far-normalized-k50": (FAR, {"reattach": "normalized", "truncation": 50}),
     "far-meta-lr-0.1": (FAR, {"meta_lr": 0.1}),
@@ -102,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--configs", default="far,paper-start,far-no-carry,far-normalized",
+    p.add_argument("--configs", default="far,paper-start,far-no-carry,far-normalized,far-rms,far-normalized-rms,"
+                   "far-forward,paper-start-forward",
                    help=f"comma list of {sorted(CONFIGS)}")
     p.add_argument("--no-grid", action="store_true", help="skip the grid (only with an existing results file)")
     args = p.parse_args(argv)

@@ -92,13 +92,17 @@ from metaopt import popart as pa
 from metaopt._validation import check_bool, check_choice, check_int, check_positive, check_real
 from metaopt.engines import ENGINES, InnerLoop, make_engine
 from metaopt.engines._driver import _task_step
+from metaopt.engines._func import FuncEngine
 from metaopt.inner_optim import InnerOptState
 from metaopt.meta_params import MetaParameters
 
-__all__ = ["REATTACH", "MetaLossFn", "StepInfo", "OnlineMetaLearner", "art_sensitivity", "scaled_error"]
+__all__ = ["REATTACH", "MODES", "MetaLossFn", "StepInfo", "OnlineMetaLearner", "art_sensitivity", "scaled_error"]
 
 #: How a window's start re-attaches the carried statistics (see the module docstring).
 REATTACH = ("pop", "normalized")
+#: How the meta-gradient reaches back: through the last window (``"truncated"``) or the whole lifetime in forward
+#: mode (``"forward"``).
+MODES = ("truncated", "forward")
 
 Params = dict[str, Tensor]
 #: ``meta_loss(params, batch, popart_state) -> scalar``: the meta-objective of one learner on a batch it has not
@@ -210,6 +214,10 @@ def _detach(tree: Any) -> Any:
     return pytree.tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
 
 
+def _zeros_like(tree: Any) -> Any:
+    return pytree.tree_map(lambda t: torch.zeros_like(t) if isinstance(t, Tensor) else t, tree)
+
+
 class OnlineMetaLearner:
     """One learner (or a population of independent learners) that meta-learns its lr and beta online.
 
@@ -235,6 +243,11 @@ class OnlineMetaLearner:
         reattach: What stays constant when the statistics are re-attached at a window's start: ``"pop"`` (the
             unnormalized head, exact when the network does not learn) or ``"normalized"`` (the normalized head:
             predictions then move with the statistics; see the module docstring).
+        mode: ``"truncated"`` (default: the window's updates by backpropagation, plus the carried statistics) or
+            ``"forward"``: the exact derivative of the meta-objective through the *whole* lifetime, by carrying
+            the tangents d(weights, statistics, optimizer state)/d(log lr, logit beta) forward through every
+            update (real-time recurrent learning over one or two scalars, ``engine="func"``; ``carry`` and
+            ``reattach`` do not apply).
         meta_lr: Learning rate of the default meta-optimizer, ``torch.optim.Adam`` on the learned log-space
             parameters.
         meta_optimizer: Optional factory ``params -> torch.optim.Optimizer`` replacing the default.
@@ -253,6 +266,7 @@ class OnlineMetaLearner:
         learners: int | None = None,
         carry: bool = True,
         reattach: str = "pop",
+        mode: str = "truncated",
         meta_lr: float = 3e-2,
         meta_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
     ) -> None:
@@ -277,6 +291,10 @@ class OnlineMetaLearner:
                              f"{engine!r}")
         check_bool("carry", carry)
         check_choice("reattach", reattach, REATTACH)
+        check_choice("mode", mode, MODES)
+        if mode == "forward" and engine != "func":
+            raise ValueError(f"mode='forward' differentiates the update in forward mode (torch.func.jvp): engine must "
+                             f"be 'func', got {engine!r}")
         check_real("meta_lr", meta_lr, low=0.0)
         names = [n for n, _ in model.named_parameters()]
         if inner.popart is not None:
@@ -295,7 +313,7 @@ class OnlineMetaLearner:
 
         self.model, self.inner, self.meta, self.meta_loss = model, inner, meta, meta_loss
         self.engine, self.learners, self.carry, self.window = engine, learners, carry, inner.steps
-        self.reattach = reattach
+        self.reattach, self.mode = reattach, mode
         self.names = names
         #: Current weights (detached values between windows).
         self.params: Params = {n: start[n].detach() for n in names}
@@ -330,6 +348,11 @@ class OnlineMetaLearner:
         self._live: tuple[Params, pa.PopArtState | None, InnerOptState] | None = None
         self._hyper: tuple[Tensor, Tensor] | None = None
         self._in_window = 0
+        self._tangents: list[Any] | None = None
+        self._func = FuncEngine(model)
+        if mode == "forward":
+            zeros = _zeros_like((self.params, self.popart_state, self.opt_state))
+            self._tangents = [zeros for _ in self.learned]
 
     # ------------------------------------------------------------------------------------------- helpers
     def _map(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -412,6 +435,8 @@ class OnlineMetaLearner:
         Returns:
             A :class:`StepInfo`.
         """
+        if self.mode == "forward":
+            return self._step_forward(batch)
         meta_value: Tensor | None = None
         grads: dict[str, Tensor] | None = None
         if self._live is not None and self._in_window == self.window:
@@ -448,6 +473,61 @@ class OnlineMetaLearner:
         self._in_window += 1
         self.updates += 1
         return StepInfo(t, loss.detach(), meta_value, grads, lr.detach(), beta.detach())
+
+    def _step_forward(self, batch: Any) -> StepInfo:
+        """``mode="forward"``: meta-step with the exact whole-lifetime derivative, then the update with tangents."""
+        assert self._tangents is not None
+        t, names, inner = self.updates, self.names, self.inner
+        dirs = list(self.learned)
+        meta_value: Tensor | None = None
+        grads: dict[str, Tensor] | None = None
+        if t > 0 and t % self.window == 0:
+
+            def directional(p: Params, s: pa.PopArtState | None, b: Any, tans: list[Any]) -> tuple[Tensor, Tensor]:
+                value = self.meta_loss(p, b, s)
+                derivs = [torch.func.jvp(lambda p_, s_: self.meta_loss(p_, b, s_), (p, s), (tp, ts))[1]
+                          for tp, ts, _ in tans]
+                return value, torch.stack(derivs) if derivs else value.new_zeros(0)
+
+            fn = directional if self.learners is None else torch.func.vmap(directional)
+            value, derivs = fn(self.params, self.popart_state, batch, self._tangents)
+            meta_value = value.detach()
+            if self.meta_opt is not None:
+                self.meta_opt.zero_grad()
+                grads = {}
+                for j, name in enumerate(dirs):
+                    g = derivs[j] if self.learners is None else derivs[:, j]
+                    self.learned[name].grad = g.detach().clone()
+                    grads[name] = g.detach().clone()
+                self.meta_opt.step()
+        log_lr, logit_beta = self.log_lr.detach(), self.logit_beta.detach()
+
+        def one(ll: Tensor, lb: Tensor, p: Params, s: pa.PopArtState | None, o: InnerOptState, b: Any,
+                tans: list[Any]) -> tuple[Any, Tensor, list[Any]]:
+            def f(ll_: Tensor, lb_: Tensor, p_: Params, s_: Any, o_: Any) -> tuple[Any, Tensor]:
+                out = _task_step(self._func.step, inner, t, dict.fromkeys(names, ll_.exp()), torch.sigmoid(lb_),
+                                 inner.first_order, p_, b, s_, o_)
+                return (out[0], out[1], out[2]), out[3]
+
+            new_tans, primal, loss = [], None, None
+            for name, (tp, ts, to) in zip(dirs, tans, strict=True):
+                d_ll = torch.ones_like(ll) if name == "log_lr" else torch.zeros_like(ll)
+                d_lb = torch.ones_like(lb) if name == "logit_beta" else torch.zeros_like(lb)
+                res: Any = torch.func.jvp(f, (ll, lb, p, s, o), (d_ll, d_lb, tp, ts, to), has_aux=True)
+                primal, tangent, loss = res
+                new_tans.append(tangent)
+            if primal is None:
+                primal, loss = f(ll, lb, p, s, o)
+            assert loss is not None
+            return primal, loss, new_tans
+
+        fn2 = one if self.learners is None else torch.func.vmap(one)
+        (params, state, opt), loss, tans = fn2(log_lr, logit_beta, self.params, self.popart_state, self.opt_state,
+                                              batch, self._tangents)
+        self.params, self.popart_state, self.opt_state = _detach((params, state, opt))
+        self._tangents = _detach(tans)
+        self.updates += 1
+        return StepInfo(t, loss.detach(), meta_value, grads, log_lr.exp(), torch.sigmoid(logit_beta))
 
     def close(self) -> None:
         """Release the engine context of an open window (the weights keep their current values)."""

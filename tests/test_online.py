@@ -413,3 +413,59 @@ def test_cli_learn_rejects_bad_input_without_writing(tmp_path, capsys, monkeypat
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- forward mode (RTRL)
+@pytest.mark.parametrize("optimizer", [sgd(), adam()], ids=["sgd", "adam"])
+def test_forward_mode_equals_the_full_gradient_at_every_window(optimizer):
+    """mode='forward', k = 3: the meta-gradient at t = 3, 6, 9 equals backpropagation through all t updates."""
+    batches = _batches(10, seed=13)
+    fwd = _learner(_net(8), 3, lr=0.02, beta=0.2, optimizer=optimizer)
+    fwd = OnlineMetaLearner(fwd.model, fwd.inner, MetaParameters(lr=0.02, beta=0.2, learn=("lr", "beta"), dtype=D),
+                            fwd.meta_loss, popart_state=pa.init(1, dtype=D), mode="forward",
+                            meta_optimizer=lambda ps: torch.optim.SGD(ps, lr=0.0))
+    got = {i.update: i.meta_grad for i in (fwd.step(b) for b in batches) if i.meta_grad is not None}
+    assert sorted(got) == [3, 6, 9]
+    for t, g in got.items():
+        full = _learner(_net(8), t, lr=0.02, beta=0.2, optimizer=optimizer)
+        ref = [full.step(b) for b in batches[: t + 1]][t].meta_grad
+        full.close()
+        for name in ("log_lr", "logit_beta"):
+            assert abs(float(ref[name])) > 1e-6
+            assert float(g[name]) == pytest.approx(float(ref[name]), rel=1e-9, abs=1e-14), (t, name)
+
+
+def test_forward_mode_population_equals_independent_learners():
+    S, steps = 2, 7
+    data = [_batches(steps, seed=30 + i) for i in range(S)]
+    model = _net(0)
+    inner_loss, meta_loss, spec = _problem(model)
+    inner = InnerLoop(inner_loss, steps=2, popart=spec)
+
+    def meta():
+        return MetaParameters(lr=0.05, beta=0.2, learn=("lr", "beta"), dtype=D)
+
+    singles = []
+    for i in range(S):
+        one = OnlineMetaLearner(model, inner, meta(), meta_loss, popart_state=pa.init(1, dtype=D), mode="forward",
+                                meta_lr=5e-2)
+        for b in data[i]:
+            one.step(b)
+        singles.append(one.values())
+    state = pa.PopArtState(*(t.reshape(S, 1) for t in pa.init(S, dtype=D)))
+    pop = OnlineMetaLearner(model, inner, meta(), meta_loss, popart_state=state, learners=S, mode="forward",
+                            meta_lr=5e-2)
+    for t in range(steps):
+        pop.step(tuple(torch.stack([data[i][t][j] for i in range(S)]) for j in range(2)))
+    for i in range(S):
+        for key in ("lr", "beta"):
+            assert float(pop.values()[key][i]) == pytest.approx(float(singles[i][key]), rel=1e-10)
+            assert float(singles[i][key]) != pytest.approx(0.05 if key == "lr" else 0.2, rel=1e-4)
+
+
+def test_forward_mode_needs_the_func_engine():
+    model = _net()
+    inner_loss, meta_loss, spec = _problem(model)
+    with pytest.raises(ValueError, match="engine must be 'func'"):
+        OnlineMetaLearner(model, InnerLoop(inner_loss, popart=spec), MetaParameters(dtype=D), meta_loss,
+                          popart_state=pa.init(1, dtype=D), mode="forward", engine="higher")

@@ -22,7 +22,7 @@ from metaopt.experiments.popart_regression._protocols import (
     _check_arguments,
 )
 from metaopt.experiments.popart_regression._report import format_table, write_outputs
-from metaopt.online import REATTACH
+from metaopt.online import MODES, REATTACH
 
 __all__ = ["Settings", "FLAGS", "add_arguments", "run"]
 
@@ -73,6 +73,9 @@ class Settings:
     """with --learn: carry the statistics' whole-lifetime sensitivity to beta (--no-carry: truncated only)"""
     reattach: str = field(default="pop", metadata={"choices": REATTACH})
     """with --learn: at a window's start keep the unnormalized head (pop) or the normalized head constant"""
+    mode: str = field(default="truncated", metadata={"choices": MODES})
+    """with --learn: meta-gradients through the last --truncation updates (truncated) or, exactly, through the whole
+    lifetime in forward mode (forward; slower)"""
     out: str = "runs/popart_regression"
     """output folder (curves.csv, summary.json, fig1a.png)"""
     plot: bool = True

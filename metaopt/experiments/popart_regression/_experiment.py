@@ -128,6 +128,7 @@ def run_experiment(
     huber: float | None = 1.0,
     carry: bool = True,
     reattach: str = "pop",
+    mode: str = "truncated",
     log: Callable[[str], None] | None = None,
 ) -> Results:
     """Run the Fig. 1a binary regression for several methods, all seeds vectorized.
@@ -156,6 +157,7 @@ def run_experiment(
         huber: Huber threshold of the scaled meta-error (``None``: squared).
         carry: Carry the statistics' whole-lifetime sensitivity to ``beta``.
         reattach: ``"pop"`` or ``"normalized"`` (see :mod:`metaopt.online`).
+        mode: ``"truncated"`` or ``"forward"`` (the exact whole-lifetime meta-gradient; see :mod:`metaopt.online`).
         log: Optional callback for one progress line per method.
 
     Returns:
@@ -168,6 +170,7 @@ def run_experiment(
         seeds=seeds, steps=steps, methods=methods, protocol=protocol, art_lr=art_lr, record=record,
         head_init=head_init, dtype=dtype, seed=seed, window=window, learn=learn, beta=beta, lr=lr,
         truncation=truncation, meta_lr=meta_lr, meta_scale=meta_scale, huber=huber, carry=carry, reattach=reattach,
+        mode=mode,
     )
     specs = {m: popart_spec if m == "popart" else DEFAULT_METHODS[m] for m in names}
     if "art" in specs:

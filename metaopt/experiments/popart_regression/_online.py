@@ -29,7 +29,7 @@ from metaopt._validation import check_bool, check_choice, check_int, check_posit
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.experiments.popart_regression._protocols import BITS, HIDDEN
 from metaopt.meta_params import MetaParameters
-from metaopt.online import REATTACH, OnlineMetaLearner, scaled_error
+from metaopt.online import MODES, REATTACH, OnlineMetaLearner, scaled_error
 
 __all__ = ["LEARNABLE", "META_SCALES", "OnlineSpec", "check_online", "simulate_online"]
 
@@ -53,6 +53,8 @@ class OnlineSpec(NamedTuple):
         huber: Huber threshold of the scaled error (``None``: squared error).
         carry: Carry the statistics' whole-lifetime sensitivity to ``beta``.
         reattach: ``"pop"`` or ``"normalized"`` (:data:`metaopt.online.REATTACH`).
+        mode: ``"truncated"`` or ``"forward"`` (:data:`metaopt.online.MODES`; forward: the exact whole-lifetime
+            meta-gradient).
     """
 
     learn: tuple[str, ...]
@@ -62,6 +64,7 @@ class OnlineSpec(NamedTuple):
     huber: float | None = 1.0
     carry: bool = True
     reattach: str = "pop"
+    mode: str = "truncated"
 
 
 def check_online(
@@ -73,6 +76,7 @@ def check_online(
     huber: float | None,
     carry: bool,
     reattach: str,
+    mode: str = "truncated",
     names: Mapping[str, str] | None = None,
 ) -> OnlineSpec | None:
     """Validate the online-learning arguments; ``None`` when nothing is learned (the fixed-value PopArt run)."""
@@ -92,9 +96,10 @@ def check_online(
         check_positive(n("huber"), huber)
     check_bool(n("carry"), carry)
     check_choice(n("reattach"), reattach, REATTACH)
+    check_choice(n("mode"), mode, MODES)
     if not items:
         return None
-    return OnlineSpec(tuple(sorted(items)), truncation, float(meta_lr), meta_scale, huber, carry, reattach)
+    return OnlineSpec(tuple(sorted(items)), truncation, float(meta_lr), meta_scale, huber, carry, reattach, mode)
 
 
 def _network(dtype: torch.dtype) -> nn.Sequential:
@@ -150,7 +155,7 @@ def simulate_online(
     state = pa.PopArtState(*(t.reshape(seeds, 1) for t in pa.init(seeds, dtype=dtype)))
     learner = OnlineMetaLearner(model, InnerLoop(inner_loss, steps=online.truncation, popart=spec), meta, meta_loss,
                                 popart_state=state, params=start, learners=seeds, carry=online.carry,
-                                reattach=online.reattach,                                meta_lr=online.meta_lr)
+                                reattach=online.reattach, mode=online.mode, meta_lr=online.meta_lr)
     errors, lrs, betas = [], [], []
     rms2 = None
     with learner:

@@ -192,6 +192,7 @@ def _check_arguments(
     huber: float | None = 1.0,
     carry: bool = True,
     reattach: str = "pop",
+    mode: str = "truncated",
     names: Mapping[str, str] | None = None,
 ) -> _Checked:
     """Check the arguments of :func:`run_experiment` (the one place that does); messages name them by ``names``."""
@@ -217,7 +218,7 @@ def _check_arguments(
         check_positive(n("lr"), lr)
         popart_spec = popart_spec._replace(lr=float(lr))
     online = check_online(learn=learn, truncation=truncation, meta_lr=meta_lr, meta_scale=meta_scale, huber=huber,
-                          carry=carry, reattach=reattach, names=names)
+                          carry=carry, reattach=reattach, mode=mode, names=names)
     if online is not None and "popart" not in chosen:
         raise ValueError(f"{n('learn')}={','.join(online.learn)} learns PopArt's hyperparameters, but "
                          f"{n('methods')}={','.join(chosen)} does not run popart")

@@ -40,7 +40,7 @@ def format_table(results: Results) -> str:
             f"popart learns {','.join(o.learn)} online from lr={results.specs['popart'].lr:.3g}, "
             f"beta={results.specs['popart'].beta:.3g} (final values above: median over seeds); truncation "
             f"{o.truncation}, meta-lr {o.meta_lr:g}, scale {o.meta_scale}, huber {o.huber}, carry {o.carry}, "
-            f"reattach {o.reattach}"
+            f"reattach {o.reattach}, mode {o.mode}"
         )
     lines.append("inliers: each seed's RMSE over all samples except the outliers, median over seeds")
     return "\n".join(lines)
