@@ -40,9 +40,21 @@ with the candidate ``beta``, keep the network's unnormalized weights at the wind
 ``k`` updates with the candidate ``lr`` and ``beta``, evaluate ``meta_loss`` on the next batch. ``carry=False``
 drops the sensitivity (statistics detached at the window start, the plain truncated meta-gradient, which suffers
 the short-horizon bias of Wu et al. 2018: ``beta`` pays off ~``1/beta`` updates later, beyond any window).
-With ``k`` = the whole lifetime the meta-gradient is the full one. While ``beta`` is being learned the carried
+``reattach="normalized"`` keeps the *normalized* head constant instead, so a re-attached statistic moves the
+prediction :math:`\sigma n(x) + \mu` directly — a heuristic: under POP the prediction does not move with the
+statistics, and this path does not exist in the learner's real dynamics. With ``k`` = the whole lifetime the
+meta-gradient is the full one. While ``beta`` is being learned the carried
 sensitivity is the trace of the changing ``beta`` (all past steps move together), as IDBD's traces are. When
 the targets depend on the weights (bootstrapped returns), the sensitivity treats the targets as given.
+
+**Forward mode** (``mode="forward"``, ``engine="func"``): the exact derivative of the same meta-objective through
+the *whole* lifetime, without truncation. With one or two scalar meta-parameters, the tangents
+:math:`d(\theta_t, S_t, O_t)/d\eta` (weights, statistics, optimizer state) are carried forward through every
+update by :func:`torch.func.jvp` of the update itself (real-time recurrent learning; Williams & Zipser 1989,
+Franceschi et al. 2017), at the cost of one Jacobian-vector product per learned scalar per update, and the
+meta-gradient is :math:`\partial\ell_{meta}/\partial(\theta, S) \cdot d(\theta, S)/d\eta`. While the
+meta-parameters move, the tangents are the trace of the changing values, as in Xu et al. It is the reference
+that the truncated modes approximate (tested equal to backpropagation through all updates).
 
 **The meta-objective must not be gameable by the normalization.** A loss in normalized units,
 :math:`((y - \mu)/\sigma - n(x))^2`, falls as ``sigma`` grows, so ``beta`` would learn to inflate ``sigma``.
