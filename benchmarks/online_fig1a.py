@@ -52,8 +52,10 @@ def _run(seeds: int, steps: int, log_beta: float, log_lr: float, **kw: Any) -> d
     start = time.perf_counter()
     res = run_experiment(seeds, steps, "popart", beta=10**log_beta, lr=10**log_lr, **kw)
     hyper = res.final_hyper("popart")
+    diverged = int((~torch.isfinite(res.squared_errors["popart"])).any(1).sum())
     return {"rmse_inliers": res.rmse_inliers("popart"), "final_rmse": res.final("popart")["median"],
-            "beta": hyper["beta"], "lr": hyper["lr"], "wall_time_s": time.perf_counter() - start}
+            "beta": hyper["beta"], "lr": hyper["lr"], "diverged_seeds": diverged,
+            "wall_time_s": time.perf_counter() - start}
 
 
 def _fmt(r: dict[str, float]) -> str:
@@ -86,8 +88,11 @@ def render(res: dict[str, Any]) -> str:
     for name, r in res["learned"].items():
         m = r["rmse_inliers"]["median"]
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+        score = _fmt(r["rmse_inliers"])
+        if r.get("diverged_seeds"):
+            score += f", **{r['diverged_seeds']}/{res['seeds']} seeds diverged (NaN)**"
         lines.append(
-            f"| {name} | {r['start'][0]:g}, {r['start'][1]:g} | {opts} | {_fmt(r['rmse_inliers'])} | "
+            f"| {name} | {r['start'][0]:g}, {r['start'][1]:g} | {opts} | {score} | "
             f"{m / best['rmse_inliers']['median']:.3f} | {m / res['paper_cell']['rmse_inliers']['median']:.3f} | "
             f"{r['beta']['median']:.3g} ({r['beta']['p10']:.2g}–{r['beta']['p90']:.2g}) | "
             f"{r['lr']['median']:.3g} ({r['lr']['p10']:.2g}–{r['lr']['p90']:.2g}) | {r['wall_time_s']:.0f} |")

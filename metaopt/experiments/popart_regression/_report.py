@@ -91,6 +91,8 @@ def _plot(results: Results) -> Figure:
     for m, spec in results.specs.items():
         q = results.quantiles(m)
         label = f"{m} (lr={spec.lr:.2g}" + ("" if spec.beta is None else f", β={spec.beta:.2g}") + ")"
+        if m in results.hyper:
+            label = label.replace("(", "(learned online from ", 1)
         ax.plot(steps, q["median"].numpy(), color=colors.get(m), lw=1, label=label)
         ax.fill_between(steps, q["p10"].numpy(), q["p90"].numpy(), color=colors.get(m), alpha=0.25, lw=0)
     ax.set_yscale("log")
