@@ -518,3 +518,24 @@ def test_a2c_online_engines_agree_and_forward_mode_is_the_full_gradient():
     fwd = run("func", mode="forward")
     full = run("func", window=9)[9]
     torch.testing.assert_close(fwd[9], full, rtol=1e-8, atol=1e-12)
+
+
+def test_online_a2c_example_runs_and_learns(tmp_path):
+    import csv
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "online_a2c.py"
+    spec = importlib.util.spec_from_file_location("_example_online_a2c", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(module)
+    out = tmp_path / "m.csv"
+    ret = module.main(["--updates", "12", "--period", "4", "--trajectories", "4", "--truncation", "3",
+                       "--log-every", "6", "--out", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12 and math.isfinite(ret)
+    assert len({r["scale"] for r in rows}) == 3  # redrawn every 4 updates
+    assert {float(r["beta"]) for r in rows[:3]} == {pytest.approx(0.01)}
+    assert float(rows[-1]["beta"]) != pytest.approx(0.01, rel=1e-4) and float(rows[-1]["lr"]) != pytest.approx(0.1)
