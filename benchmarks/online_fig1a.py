@@ -66,7 +66,8 @@ def render(res: dict[str, Any]) -> str:
     """The markdown report of a results dict."""
     lines = [f"Fig. 1a, PopArt: `rmse_inliers` (median over {res['seeds']} seeds of each seed's RMSE over all "
              f"{res['steps']} samples except the outliers; 10–90 percentiles), float32, seeds "
-             f"{res['seed']}–{res['seed'] + res['seeds'] - 1}. Command: `{res['command']}`.", "",
+             f"{res['seed']}–{res['seed'] + res['seeds'] - 1}. Command: `{res['command']}`"
+             + "".join(f"; then `{c}`" for c in res.get("reruns", [])) + ".", "",
              "Fixed grid (rows log10 β, columns log10 lr):", "",
              "| log10 β \\ log10 lr | " + " | ".join(f"{x:g}" for x in res["log_lrs"]) + " |",
              "|---|" + "---|" * len(res["log_lrs"])]
@@ -90,7 +91,7 @@ def render(res: dict[str, Any]) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
         score = _fmt(r["rmse_inliers"])
         if r.get("diverged_seeds"):
-            score += f", **{r['diverged_seeds']}/{res['seeds']} seeds diverged (NaN)**"
+            score += f", **{r['diverged_seeds']}/{res['seeds']} seeds diverged (NaN, counted as worst)**"
         lines.append(
             f"| {name} | {r['start'][0]:g}, {r['start'][1]:g} | {opts} | {score} | "
             f"{m / best['rmse_inliers']['median']:.3f} | {m / res['paper_cell']['rmse_inliers']['median']:.3f} | "
@@ -139,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = {"seeds": args.seeds, "steps": args.steps, "seed": args.seed, "log_betas": list(LOG_BETAS),
                "log_lrs": list(LOG_LRS), "grid": grid, "grid_wall_time_s": time.perf_counter() - start,
                "learned": {}}
-    res["command"] = "python benchmarks/online_fig1a.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/online_fig1a.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.no_grid:  # a rerun of some configurations on the stored grid: keep the original command, log the rerun
+        res.setdefault("reruns", []).append(command)
+    else:
+        res["command"] = command
     res["torch"] = torch.__version__
     for name in configs:
         (b, lr), kw = CONFIGS[name]

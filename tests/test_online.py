@@ -366,6 +366,10 @@ def test_rmse_inliers_leaves_out_the_outlier_positions():
     fake = pr.Results(2, 2100, 1, 10, "float64", res.specs, res.outliers, {"sgd": sq}, res.curves)
     q = fake.rmse_inliers("sgd")
     assert q["median"] == pytest.approx(2.5) and q["p10"] == pytest.approx(2.1) and q["p90"] == pytest.approx(2.9)
+    diverged = torch.cat([sq, torch.full((1, 2100), float("nan"), dtype=D)])  # a third seed went NaN
+    fake = pr.Results(3, 2100, 1, 10, "float64", res.specs, res.outliers, {"sgd": diverged}, res.curves)
+    q = fake.rmse_inliers("sgd")
+    assert q["median"] == pytest.approx(3.0) and q["p10"] == pytest.approx(2.2) and q["p90"] == math.inf
 
 
 def test_cli_learn_writes_rmse_inliers_and_learned_values(tmp_path, capsys, monkeypatch):

@@ -83,18 +83,19 @@ class Results:
     def rmse_inliers(self, method: str) -> dict[str, float]:
         r"""Median and 10th/90th percentiles over seeds of each seed's RMSE over all samples except the outliers.
 
-        Per seed :math:`\sqrt{\mathrm{mean}_{t \notin O} e_t^2}`, ``O`` the outlier positions.
+        Per seed :math:`\sqrt{\mathrm{mean}_{t \notin O} e_t^2}`, ``O`` the outlier positions; a seed whose errors
+        are not finite (a diverged run) counts as ``inf`` (a quantile that reaches one is ``inf``).
         """
         keep = torch.ones(self.steps, dtype=torch.bool)
         keep[self.outliers] = False
         per_seed = self.squared_errors[method][:, keep].mean(1).sqrt()
-        q = torch.quantile(per_seed, torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64))
-        return {"median": float(q[0]), "p10": float(q[1]), "p90": float(q[2])}
+        per_seed = torch.where(torch.isfinite(per_seed), per_seed, torch.inf)  # a diverged seed counts as the worst
+        return {k: _quantile(per_seed, q) for k, q in (("median", 0.5), ("p10", 0.1), ("p90", 0.9))}
 
     def final_hyper(self, method: str) -> dict[str, dict[str, float]]:
         """The ``lr`` and ``beta`` of the last update: median and 10th/90th percentiles over seeds.
 
-        Fixed methods report their values.
+        Fixed methods report their values; seeds whose values are NaN (diverged) are left out.
         """
         spec = self.specs[method]
         if method not in self.hyper:
@@ -102,9 +103,20 @@ class Results:
             return {k: {"median": v, "p10": v, "p90": v} for k, v in fixed.items() if v is not None}
         out = {}
         for k, v in self.hyper[method].items():
-            q = torch.quantile(v[:, -1].to(torch.float64), torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64))
+            q = torch.nanquantile(v[:, -1].to(torch.float64), torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64))
             out[k] = {"median": float(q[0]), "p10": float(q[1]), "p90": float(q[2])}
         return out
+
+
+def _quantile(x: Tensor, q: float) -> float:
+    """``torch.quantile``'s linear interpolation, where a neighbour at ``inf`` gives ``inf`` (not NaN)."""
+    v = x.sort().values
+    pos = q * (len(v) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(v) - 1)
+    frac = pos - lo
+    if frac == 0 or bool(v[hi] == v[lo]):
+        return float(v[lo])
+    return float(v[lo] + frac * (v[hi] - v[lo]))
 
 
 def run_experiment(
