@@ -60,8 +60,22 @@ class Args:
 
 
 def main(argv: Sequence[str] | None = None) -> float:
-    """Run one lifetime; returns the scale-normalized lifetime return."""
+    """Run one lifetime from the command line; returns the scale-normalized lifetime return."""
     args = parse_dataclass(Args, argv, description=__doc__.splitlines()[0])
+    rows = run(args)
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    lifetime = sum(r["normalized_return"] for r in rows) / len(rows)
+    assert math.isfinite(lifetime)
+    print(f"scale-normalized lifetime return {lifetime:.3f} (learned: {args.learn or 'nothing'})")
+    return lifetime
+
+
+def run(args: Args, log: bool = True) -> list[dict[str, float]]:
+    """One lifetime: per update, the scale, the scale-normalized return (before training on it), beta and lr."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     task = sample_tasks(1, seed=args.seed, dtype=torch.float32)
@@ -76,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> float:
     learn = tuple(x for x in args.learn.split(",") if x)
     learner = OnlineMetaLearner(model, inner, MetaParameters(lr=args.lr, beta=args.beta, learn=learn), meta_loss,
                                 popart_state=pa.init(1), meta_lr=args.meta_lr)
-    rows, scale = [], 1.0
+    rows: list[dict[str, float]] = []
+    scale = 1.0
     with learner:
         for t in range(args.updates):
             if t % args.period == 0:
@@ -90,19 +105,11 @@ def main(argv: Sequence[str] | None = None) -> float:
             info = learner.step(batch)
             rows.append({"update": t, "scale": scale, "normalized_return": ret, "beta": float(info.beta),
                          "lr": float(info.lr)})
-            if (t + 1) % args.log_every == 0 or t + 1 == args.updates:
+            if log and ((t + 1) % args.log_every == 0 or t + 1 == args.updates):
                 recent = [r["normalized_return"] for r in rows[-args.log_every:]]
                 print(f"update {t + 1:5d}  scale {scale:9.3g}  return/c {sum(recent) / len(recent):6.3f}  "
                       f"beta {float(info.beta):.3g}  lr {float(info.lr):.3g}", flush=True)
-    if args.out:
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    lifetime = sum(r["normalized_return"] for r in rows) / len(rows)
-    assert math.isfinite(lifetime)
-    print(f"scale-normalized lifetime return {lifetime:.3f} (learned: {','.join(learn) or 'nothing'})")
-    return lifetime
+    return rows
 
 
 if __name__ == "__main__":
