@@ -543,3 +543,43 @@ def test_online_a2c_example_runs_and_learns(tmp_path):
     assert len({r["scale"] for r in rows}) == 3  # redrawn every 4 updates
     assert [float(r["beta"]) for r in rows[:3]] == pytest.approx([0.01] * 3)  # fixed during the first window
     assert float(rows[-1]["beta"]) != pytest.approx(0.01, rel=1e-4) and float(rows[-1]["lr"]) != pytest.approx(0.1)
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_online_fig1a_benchmark_tiny_run_writes_grid_and_targets(tmp_path, capsys):
+    import json
+
+    bench = _load_benchmark("online_fig1a")
+    assert bench.main(["--seeds", "2", "--steps", "30", "--configs", "far", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "online_fig1a.json").read_text())
+    assert len(res["grid"]) == len(bench.LOG_BETAS) * len(bench.LOG_LRS)
+    assert min(c["rmse_inliers"]["median"] for c in res["grid"]) == res["best_cell"]["rmse_inliers"]["median"]
+    assert set(res["targets"]) == {"far_within_15pct_of_best", "paper_start_within_5pct_of_paper"}
+    assert res["learned"]["far"]["diverged_seeds"] == 0 and "| far |" in capsys.readouterr().out
+    assert bench.main(["--configs", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_online_a2c_benchmark_tiny_run(tmp_path):
+    import json
+
+    bench = _load_benchmark("online_a2c")
+    assert bench.main(["--seeds", "2", "--updates", "6", "--period", "3", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "online_a2c.json").read_text())
+    assert len(res["runs"]) == len(bench.BETAS) * len(bench.LRS) + 1
+    learned = res["runs"]["learned (start b=0.01 lr=0.1)"]
+    assert learned["learned_minus_this"] is None and learned["final_lr"] != 0.1
+    fixed = res["runs"]["fixed b=0.01 lr=0.1"]
+    diff = fixed["learned_minus_this"]
+    assert fixed["final_lr"] == pytest.approx(0.1) and diff["lo"] <= diff["mean"] <= diff["hi"]
