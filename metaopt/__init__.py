@@ -4,6 +4,7 @@ The flat public surface; submodules hold the details:
 
 * :mod:`metaopt.popart` -- PopArt as pure, differentiable functions;
 * :mod:`metaopt.engines` -- one inner loop on ``torch.func``, ``higher`` or TorchOpt;
+* :mod:`metaopt.online` -- lr and PopArt beta meta-learned online through a learner's own updates;
 * :mod:`metaopt.verify` -- meta-gradient checks against finite differences and analytic values;
 * :mod:`metaopt.envs`, :mod:`metaopt.rl`, :mod:`metaopt.maml` -- the MAML-A2C job on TabularMDP.
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and documentation tools see; at run time
     from metaopt.inner_optim import InnerOptimizer, adam, sgd
     from metaopt.integrations import pop_fmodel_, pop_module_
     from metaopt.meta_params import MetaParameters
+    from metaopt.online import OnlineMetaLearner
     from metaopt.popart import PopArtHead, PopArtState
     from metaopt.verify import check_gradients
 
@@ -62,6 +64,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "pop_module_": ("metaopt.integrations", "pop_module_"),
     "pop_fmodel_": ("metaopt.integrations", "pop_fmodel_"),
     "MetaParameters": ("metaopt.meta_params", "MetaParameters"),
+    "OnlineMetaLearner": ("metaopt.online", "OnlineMetaLearner"),
     "PopArtHead": ("metaopt.popart", "PopArtHead"),
     "PopArtState": ("metaopt.popart", "PopArtState"),
     "check_gradients": ("metaopt.verify", "check_gradients"),
@@ -89,6 +92,7 @@ __all__ = [
     "InnerOptimizer",
     "MetaParameters",
     "NonFiniteTaskError",
+    "OnlineMetaLearner",
     "PopArtHead",
     "PopArtSpec",
     "PopArtState",

@@ -72,10 +72,15 @@ fast as ``float64`` (about 1.5–2 s per method for 50 seeds × 5000 samples on 
 of the two dtypes drift apart after the outliers, but the statistics agree (seed 0, final median RMSE:
 PopArt 17.2 / 18.4, SGD 249 / 261 in float32 / float64).
 
+**Learned online.** ``learn=("beta", "lr")`` (``--learn beta,lr``) runs PopArt with its ``beta`` and ``lr`` learned
+during each run by :class:`metaopt.online.OnlineMetaLearner` (``beta``/``lr`` are then the initial values; every seed
+learns its own; see ``_online``), and :meth:`Results.rmse_inliers` scores a run by each seed's RMSE over all samples
+except the outliers.
+
 **Code.** ``_protocols`` (constants, methods, protocols, argument checks), ``_simulation`` (data, network,
-:func:`simulate`), ``_experiment`` (:func:`run_experiment`, :class:`Results`), ``_report`` (table and files)
-and ``_cli`` (:class:`Settings`, whose fields are the command-line flags); this package re-exports their
-public names.
+:func:`simulate`), ``_online`` (the learned-online run), ``_experiment`` (:func:`run_experiment`,
+:class:`Results`), ``_report`` (table and files) and ``_cli`` (:class:`Settings`, whose fields are the command-line
+flags); this package re-exports their public names.
 """
 
 from metaopt.experiments.popart_regression._cli import Settings, add_arguments, run

@@ -12,6 +12,7 @@ from typing import Any
 from metaopt.artifacts import check_no_results, check_outputs
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_from_args
 from metaopt.experiments.popart_regression._experiment import run_experiment
+from metaopt.experiments.popart_regression._online import LEARNABLE, META_SCALES
 from metaopt.experiments.popart_regression._protocols import (
     DEFAULT_METHODS,
     DTYPES,
@@ -21,6 +22,7 @@ from metaopt.experiments.popart_regression._protocols import (
     _check_arguments,
 )
 from metaopt.experiments.popart_regression._report import format_table, write_outputs
+from metaopt.online import MODES, REATTACH
 
 __all__ = ["Settings", "FLAGS", "add_arguments", "run"]
 
@@ -53,6 +55,27 @@ class Settings:
     """base seed: seed i draws its weights and targets from seed + i"""
     window: int = 10
     """moving-average width of the RMSE curves"""
+    learn: tuple[str, ...] = field(default=(), metadata={"choices": LEARNABLE})
+    """PopArt hyperparameters learned online through its own updates (comma list of beta, lr; none: fixed)"""
+    beta: float | None = None
+    """PopArt's beta, the initial value when learned (default: the paper's 10^-0.5)"""
+    lr: float | None = None
+    """PopArt's lr, the initial value when learned (default: the paper's 10^-2.5)"""
+    truncation: int = 10
+    """with --learn: a meta-gradient step every this many samples, through the last this many updates"""
+    meta_lr: float = 3e-2
+    """with --learn: Adam's step size on log lr and logit beta"""
+    meta_scale: str = field(default="sigma", metadata={"choices": META_SCALES})
+    """with --learn: the meta-error in real units over sg(sigma) or over a running RMS of the seed's errors"""
+    huber: float | None = 1.0
+    """with --learn: Huber threshold of the scaled meta-error (none: squared error)"""
+    carry: bool = True
+    """with --learn: carry the statistics' whole-lifetime sensitivity to beta (--no-carry: truncated only)"""
+    reattach: str = field(default="pop", metadata={"choices": REATTACH})
+    """with --learn: at a window's start keep the unnormalized head (pop) or the normalized head constant"""
+    mode: str = field(default="truncated", metadata={"choices": MODES})
+    """with --learn: meta-gradients through the last --truncation updates (truncated) or, exactly, through the whole
+    lifetime in forward mode (forward; slower)"""
     out: str = "runs/popart_regression"
     """output folder (curves.csv, summary.json, fig1a.png)"""
     plot: bool = True

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-from metaopt._validation import check_choice, check_positive
+from metaopt._validation import check_choice, check_open_unit_interval, check_positive
 
 __all__ = [
     "BITS",
@@ -172,6 +172,8 @@ class _Checked(NamedTuple):
     dtype: torch.dtype
     protocol_name: str
     protocol: Protocol
+    popart: MethodSpec
+    online: Any
 
 
 def _check_arguments(
@@ -186,6 +188,16 @@ def _check_arguments(
     dtype: str | torch.dtype,
     seed: int,
     window: int,
+    learn: str | Sequence[str] = (),
+    beta: float | None = None,
+    lr: float | None = None,
+    truncation: int = 10,
+    meta_lr: float = 3e-2,
+    meta_scale: str = "sigma",
+    huber: float | None = 1.0,
+    carry: bool = True,
+    reattach: str = "pop",
+    mode: str = "truncated",
     names: Mapping[str, str] | None = None,
 ) -> _Checked:
     """Check the arguments of :func:`run_experiment` (the one place that does); messages name them by ``names``."""
@@ -201,4 +213,18 @@ def _check_arguments(
     chosen = _parse_methods(methods, n("methods"))
     torch_dtype = _parse_dtype(dtype, n("dtype"))
     protocol_name, proto = resolve_protocol(protocol, art_lr=art_lr, record=record, head_init=head_init, names=names)
-    return _Checked(chosen, torch_dtype, protocol_name, proto)
+    from metaopt.experiments.popart_regression._online import check_online  # _online imports this module
+
+    popart_spec = DEFAULT_METHODS["popart"]
+    if beta is not None:
+        check_open_unit_interval(n("beta"), beta)
+        popart_spec = popart_spec._replace(beta=float(beta))
+    if lr is not None:
+        check_positive(n("lr"), lr)
+        popart_spec = popart_spec._replace(lr=float(lr))
+    online = check_online(learn=learn, truncation=truncation, meta_lr=meta_lr, meta_scale=meta_scale, huber=huber,
+                          carry=carry, reattach=reattach, mode=mode, names=names)
+    if online is not None and "popart" not in chosen:
+        raise ValueError(f"{n('learn')}={','.join(online.learn)} learns PopArt's hyperparameters, but "
+                         f"{n('methods')}={','.join(chosen)} does not run popart")
+    return _Checked(chosen, torch_dtype, protocol_name, proto, popart_spec, online)

@@ -24,15 +24,25 @@ def format_table(results: Results) -> str:
     lines = [
         f"final RMSE at sample {results.steps - 1} (window {results.window}, {results.seeds} seeds, {results.dtype}, "
         f"protocol {results.protocol_name}: record {proto.record} ART, head init {proto.head_init}):",
-        f"{'method':<8} {'lr':>9} {'beta':>9} {'median':>10} {'p10':>10} {'p90':>10} {'time s':>8}",
+        f"{'method':<8} {'lr':>9} {'beta':>9} {'median':>10} {'p10':>10} {'p90':>10} {'inliers':>9} {'time s':>8}",
     ]
-    for m, spec in results.specs.items():
+    for m in results.specs:
         f = results.final(m)
-        beta = "-" if spec.beta is None else f"{spec.beta:.3g}"
+        hyper = results.final_hyper(m)
+        beta = "-" if "beta" not in hyper else f"{hyper['beta']['median']:.3g}"
         lines.append(
-            f"{m:<8} {spec.lr:>9.3g} {beta:>9} {f['median']:>10.2f} {f['p10']:>10.2f} {f['p90']:>10.2f} "
-            f"{results.wall_time_s.get(m, float('nan')):>8.1f}"
+            f"{m:<8} {hyper['lr']['median']:>9.3g} {beta:>9} {f['median']:>10.2f} {f['p10']:>10.2f} {f['p90']:>10.2f} "
+            f"{results.rmse_inliers(m)['median']:>9.2f} {results.wall_time_s.get(m, float('nan')):>8.1f}"
         )
+    if results.online is not None:
+        o = results.online
+        lines.append(
+            f"popart learns {','.join(o.learn)} online from lr={results.specs['popart'].lr:.3g}, "
+            f"beta={results.specs['popart'].beta:.3g} (final values above: median over seeds); truncation "
+            f"{o.truncation}, meta-lr {o.meta_lr:g}, scale {o.meta_scale}, huber {o.huber}, carry {o.carry}, "
+            f"reattach {o.reattach}, mode {o.mode}"
+        )
+    lines.append("inliers: each seed's RMSE over all samples except the outliers, median over seeds")
     return "\n".join(lines)
 
 
@@ -46,8 +56,21 @@ def _summary(results: Results) -> dict[str, Any]:
         "protocol": {"name": results.protocol_name, **results.protocol._asdict()},
         "outliers": results.outliers,
         "torch": torch.__version__,
+        "online": None if results.online is None else results.online._asdict(),
         "methods": {
-            m: {**spec._asdict(), "final_rmse": results.final(m), "wall_time_s": results.wall_time_s.get(m)}
+            m: {
+                "initial_lr" if m in results.hyper else "spec_lr": spec.lr,
+                "initial_beta" if m in results.hyper else "spec_beta": spec.beta,
+                "pop": spec.pop,
+                "final_rmse": results.final(m),
+                "rmse_inliers": results.rmse_inliers(m)["median"],
+                "rmse_inliers_p10_p90": [results.rmse_inliers(m)["p10"], results.rmse_inliers(m)["p90"]],
+                **{f"final_{k}": v for k, v in results.final_hyper(m).items()},
+                **{k: v["median"] for k, v in results.final_hyper(m).items()},  # lr, beta: final, median
+
+                "learned": m in results.hyper,
+                "wall_time_s": results.wall_time_s.get(m),
+            }
             for m, spec in results.specs.items()
         },
         "wall_time_s": sum(results.wall_time_s.values()),
@@ -59,14 +82,17 @@ def _plot(results: Results) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
+    learned = [m for m in results.methods if m in results.hyper]
+    fig = Figure(figsize=(11, 4.5) if learned else (7, 4.5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 2, 1) if learned else fig.add_subplot()
     steps = torch.arange(results.steps).numpy()
     colors = {"sgd": "tab:blue", "art": "tab:green", "popart": "tab:red"}
     for m, spec in results.specs.items():
         q = results.quantiles(m)
         label = f"{m} (lr={spec.lr:.2g}" + ("" if spec.beta is None else f", β={spec.beta:.2g}") + ")"
+        if m in results.hyper:
+            label = label.replace("(", "(learned online from ", 1)
         ax.plot(steps, q["median"].numpy(), color=colors.get(m), lw=1, label=label)
         ax.fill_between(steps, q["p10"].numpy(), q["p90"].numpy(), color=colors.get(m), alpha=0.25, lw=0)
     ax.set_yscale("log")
@@ -78,6 +104,20 @@ def _plot(results: Results) -> Figure:
         fontsize=9,
     )
     ax.legend(loc="upper right", fontsize=8)
+    if learned:
+        hx = fig.add_subplot(1, 2, 2)
+        probs = torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64)
+        for m in learned:
+            for key, color in (("beta", "tab:purple"), ("lr", "tab:orange")):
+                hq = torch.quantile(results.hyper[m][key], probs, dim=0)
+                hx.plot(steps, hq[0].numpy(), color=color, lw=1, label=f"{m}: learned {'β' if key == 'beta' else 'lr'}")
+                hx.fill_between(steps, hq[1].numpy(), hq[2].numpy(), color=color, alpha=0.25, lw=0)
+        for t in results.outliers:
+            hx.axvline(t, color="0.8", lw=0.5)
+        hx.set_yscale("log")
+        hx.set_xlabel("# samples")
+        hx.set_title("learned online: median, 10-90% over seeds", fontsize=9)
+        hx.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
