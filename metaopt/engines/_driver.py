@@ -336,6 +336,11 @@ def adapt_tasks(
     check_choice("engine", engine, ENGINES)
     check_choice("randomness", randomness, ("error", "different", "same"))
     start, lr, beta = _prepare(model, inner, meta, popart_state, params)
+    if isinstance(popart_state, pa.PopArtState) and any(t.dim() != 2 for t in popart_state):
+        raise ValueError("popart_state must hold per-task statistics, each field [tasks, outputs] (build them with "
+                         "metaopt.popart.init_tasks(num_tasks)); got mu "
+                         f"{tuple(popart_state.mu.shape)}, sigma {tuple(popart_state.sigma.shape)}, count "
+                         f"{tuple(popart_state.count.shape)} (popart.init(n) is one task with n outputs)")
     n = _num_tasks(None if isinstance(batches, PerStep) else batches, popart_state, num_tasks)
     stacked = {k: p.expand(n, *p.shape) for k, p in start.items()}
     failed: set[int] = set()

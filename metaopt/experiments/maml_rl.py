@@ -48,8 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "scaled": True, "iterations": 500,
              "eval_every": 50},
     # CI smoke run.
-    "smoke": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "iterations": 3, "tasks": 4, "trajectories": 4,
-              "eval_every": 2, "eval_tasks": 4},
+    "smoke": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "iterations": 3, "tasks": 4,
+              "trajectories": 4, "eval_every": 2, "eval_tasks": 4},
 }
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "metaopt.maml_rl/2"

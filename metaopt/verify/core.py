@@ -136,13 +136,21 @@ def check_gradients(
 
     Raises:
         ValueError: an input does not require grad, or the objective is not a finite scalar.
+        TypeError: an input or the objective is not float64.
     """
+    hint = ("central differences need float64 (in float32 their round-off, ~1e-7 |f| / eps, swamps the "
+            "gradient): expected the model, meta-parameters and data in torch.float64 (e.g. model.double(), "
+            "MetaParameters(..., dtype=torch.float64))")
     for name, t in inputs.items():
         if not isinstance(t, Tensor) or not t.requires_grad:
             raise ValueError(f"inputs[{name!r}] must be a tensor that requires grad, got {type(t).__name__}")
+        if t.dtype != torch.float64:
+            raise TypeError(f"inputs[{name!r}] must be float64, got dtype {t.dtype}; {hint}")
     value = objective()
     if not isinstance(value, Tensor) or value.numel() != 1 or not torch.isfinite(value).all():
         raise ValueError(f"objective() must return a finite scalar tensor, got {value!r}")
+    if value.dtype != torch.float64:
+        raise TypeError(f"objective() must return a float64 scalar, got dtype {value.dtype}; {hint}")
     names = list(inputs)
     grads = torch.autograd.grad(value, [inputs[n] for n in names], allow_unused=True)
     gen = torch.Generator().manual_seed(seed)
