@@ -23,8 +23,10 @@ separate, so a distributed loop can all-reduce the gradients between them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -197,6 +199,7 @@ class MetaLearner:
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.iteration = 0
         self._collapse_warned = False
+        self._rollout_restart: Callable[[], None] | None = None
         self.test_tasks = self.sample_tasks(cfg.eval_tasks, seed=cfg.seed + 1_000_003)
 
     # ------------------------------------------------------------------------------------------ state
@@ -241,7 +244,42 @@ class MetaLearner:
     def _noise(self, n: int, b: int, gen: torch.Generator) -> Any:
         return self.env.draw_noise(n, b, generator=gen)
 
+    @contextlib.contextmanager
+    def fixed_rollouts(self) -> Iterator[None]:
+        """Inside, every rollout repeats the episodes the first pass made (in call order): fixed batches.
+
+        A meta-loss evaluated twice inside sees the same trajectories whatever the weights, so it is a function of
+        the parameters through the losses alone -- what a finite-difference check of the meta-gradient needs. (The
+        rollouts are not differentiated; a continuous policy's episodes move smoothly with its weights, which central
+        differences of a re-sampling meta-loss would pick up.)
+        """
+        recorded: list[Trajectories] = []
+        calls = [0]
+
+        def replay(tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+            i = calls[0]
+            calls[0] += 1
+            if i < len(recorded):
+                return recorded[i]
+            traj = self._sample_rollout(tasks, params, noise)
+            recorded.append(traj)
+            return traj
+
+        def restart() -> None:
+            calls[0] = 0
+
+        self._rollout = replay  # type: ignore[method-assign]
+        self._rollout_restart = restart
+        try:
+            yield
+        finally:
+            del self._rollout
+            self._rollout_restart = None
+
     def _rollout(self, tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+        return self._sample_rollout(tasks, params, noise)
+
+    def _sample_rollout(self, tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
         """Roll out ``theta_0`` (``params=None``, shared by all tasks) or per-task stacked ``params`` (no grad)."""
         with torch.no_grad():
             if isinstance(self.env, TabularMDPFamily):
@@ -275,6 +313,8 @@ class MetaLearner:
         ``noise_post=None`` there is no post-adaptation rollout (``post`` is ``None``).
         """
         c, n = self.cfg, num_tasks_of(tasks)
+        if self._rollout_restart is not None:
+            self._rollout_restart()  # fixed_rollouts: each pass replays from its first rollout
         first: list[Trajectories] = []  # theta_0's rollout (the later steps' are not kept: memory flat in K)
 
         def batch(k: int, params: dict[str, Tensor]) -> Any:
