@@ -1,4 +1,4 @@
-"""Policies beyond categorical, the batched env protocol (TabularMDP, PointNav2D, a user's own), MetaLearner over them."""
+"""Policies beyond categorical, the batched env protocol (TabularMDP, PointNav2D, a user's own), MetaLearner."""
 
 from __future__ import annotations
 
@@ -336,3 +336,41 @@ def test_routed_meta_gradient_follows_each_objective():
     assert math.isclose(float(g_theta[0]), 0.5 + 2 * 2.0 * 0.3, rel_tol=1e-12)
     assert torch.isclose(g_lr, torch.tensor(2.0 * 0.5, dtype=F64))  # d(theta e^{log lr})/d log lr
     assert torch.isclose(g_beta, torch.tensor(4.0 * 0.3 * 0.7, dtype=F64))  # d(theta^2 sigmoid)/d logit
+
+
+def _toy_popart(outputs=1):
+    from metaopt.engines import InnerLoop
+
+    model = nn.Linear(2, outputs).double()
+    spec = PopArtSpec("weight", "bias", targets=lambda p, b, st: b[1])
+    inner = InnerLoop(lambda p, b, st: ((pa.normalize(st, b[1]) - functional_call(model, p, (b[0],)).squeeze(-1)) ** 2
+                                        ).mean(), optimizer=sgd(), popart=spec)
+    return model, inner
+
+
+def test_a_two_output_head_and_a_dtype_mismatch_name_the_spec_and_the_dtypes():
+    model, inner = _toy_popart(outputs=2)
+    batches = (torch.randn(3, 4, 2, dtype=F64), torch.randn(3, 4, dtype=F64))
+    with pytest.raises(ValueError, match=r"popart.weight='weight' \(PopArtSpec\).*one row per PopArt statistic \(1"):
+        adapt_tasks(model, inner, batches, MetaParameters(dtype=F64), popart_state=pa.init_tasks(3, dtype=F64))
+    model, inner = _toy_popart()
+    with pytest.raises(TypeError, match=r"meta \(MetaParameters\) has dtype torch.float32 but the model's parameters "
+                                        r"torch.float64"):
+        adapt_tasks(model, inner, batches, MetaParameters(), popart_state=pa.init_tasks(3, dtype=F64))
+
+
+@pytest.mark.parametrize("engine", ["func", "torchopt"])
+def test_a_nan_reward_is_reported_at_the_step_that_saw_it(engine):
+    from metaopt.engines import NonFiniteTaskError
+
+    model, inner = _toy_popart()
+    x, y = torch.randn(3, 4, 2, dtype=F64), torch.randn(3, 4, dtype=F64)
+    y[1, 2] = float("nan")
+    with pytest.raises(NonFiniteTaskError) as err:
+        adapt_tasks(model, inner, (x, y), MetaParameters(dtype=F64), popart_state=pa.init_tasks(3, dtype=F64),
+                    engine=engine)
+    assert err.value.tasks == [1]
+    msg = str(err.value)
+    assert ("task 1: non-finite loss[0], popart_state.mu" in msg and "check the first batch" in msg
+            if engine == "func"
+            else "task 1: inner step 0:" in msg and "targets" in msg), msg

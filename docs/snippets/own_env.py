@@ -12,7 +12,6 @@ from metaopt.envs import Trajectories
 from metaopt.maml import MAMLConfig, MetaLearner, routed_meta_gradient
 
 
-# --8<-- [start:env]
 class LineTasks(NamedTuple):
     """Tasks: tensors indexed by task on dim 0 (a run splits them across processes by slicing)."""
 
@@ -57,10 +56,8 @@ class Line1D:
         dones[-1] = 1.0
         return Trajectories(torch.stack(obs), torch.stack(actions), torch.stack(rewards), dones, None, x,
                             tasks.scales)
-# --8<-- [end:env]
 
 
-# --8<-- [start:model]
 class Agent(nn.Module):
     """A Gaussian actor-critic: state-dependent mean, learned log-std, a value head named critic."""
 
@@ -78,20 +75,16 @@ class Agent(nn.Module):
         h = self.body(obs)
         mean = self.mean(h)
         return torch.cat([mean, self.log_std.expand_as(mean)], -1), self.critic(h).squeeze(-1)
-# --8<-- [end:model]
 
 
-# --8<-- [start:learner]
 cfg = MAMLConfig(tasks=8, trajectories=10, iterations=3, horizon=10, popart=True, learn=("lr", "beta"),
                  scaled=True, eval_tasks=4)
 learner = MetaLearner(cfg, env=Line1D(), model=Agent(), value_head="critic")
 for _ in range(cfg.iterations):
     metrics = learner.step()  # any engine: MAMLConfig(engine="torchopt" | "higher")
 print({k: round(metrics[k], 4) for k in ("outer_loss", "train_post_return_norm", "lr", "beta")})
-# --8<-- [end:learner]
 
 
-# --8<-- [start:loop]
 env, model = learner.env, learner.model
 loss_cfg = rl.A2CConfig()
 inner = rl.make_inner_loop(model, popart=True, steps=cfg.num_inner_steps, cfg=loss_cfg, value_head="critic")
@@ -125,7 +118,6 @@ def meta_gradient(tasks, noise_inner, noise_post, meta):
     objectives["total"] = objectives["policy"] + objectives["value"]
     g_theta, g_meta = routed_meta_gradient(objectives, list(model.parameters()), meta)  # lr, beta: policy terms
     return g_theta + g_meta
-# --8<-- [end:loop]
 
 # The hand-written loop computes MetaLearner's meta-gradient on the same tasks and noise.
 data = learner.sample_iteration()

@@ -38,6 +38,7 @@ from metaopt import popart as pa
 from metaopt.engines import NonFiniteTaskError, adapt_tasks, check_tasks, map_tasks, per_step, require
 from metaopt.envs import (
     BatchedEnv,
+    BatchedTabularMDP,
     PointNav2D,
     TabularMDPFamily,
     TaskBatch,
@@ -56,9 +57,9 @@ from metaopt.rl import (
     A2CConfig,
     ActorCritic,
     GaussianActorCritic,
+    a2c_terms,
     distribution_of,
     make_inner_loop,
-    outer_a2c_terms,
     policy_health,
     state_table,
     task_major,
@@ -256,12 +257,12 @@ class MetaLearner:
         recorded: list[Trajectories] = []
         calls = [0]
 
-        def replay(tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+        def replay(tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
             i = calls[0]
             calls[0] += 1
             if i < len(recorded):
                 return recorded[i]
-            traj = self._sample_rollout(tasks, params, noise)
+            traj = self._sample_rollout(tasks, sim, params, noise)
             recorded.append(traj)
             return traj
 
@@ -276,14 +277,20 @@ class MetaLearner:
             del self._rollout
             self._rollout_restart = None
 
-    def _rollout(self, tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
-        return self._sample_rollout(tasks, params, noise)
+    def _rollout(self, tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+        return self._sample_rollout(tasks, sim, params, noise)
 
-    def _sample_rollout(self, tasks: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+    def _simulator(self, tasks: Any) -> BatchedTabularMDP | None:
+        """TabularMDP's batched simulator of ``tasks`` (one per adaptation, for its tabular fast paths), else None."""
+        if not isinstance(self.env, TabularMDPFamily):
+            return None
+        return BatchedTabularMDP(tasks.to(device=self.env.device), self.env.horizon, dtype=self.env.dtype)
+
+    def _sample_rollout(self, tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
         """Roll out ``theta_0`` (``params=None``, shared by all tasks) or per-task stacked ``params`` (no grad)."""
         with torch.no_grad():
-            if isinstance(self.env, TabularMDPFamily):
-                return self._rollout_tabular(self.env.simulator(tasks), params, noise)
+            if sim is not None:
+                return self._rollout_tabular(sim, params, noise)
             dist, model = self.distribution, self.model
             if params is None:
                 return self.env.rollout(tasks, lambda obs, eps: dist.sample(model(obs)[0], eps), noise)
@@ -316,9 +323,10 @@ class MetaLearner:
         if self._rollout_restart is not None:
             self._rollout_restart()  # fixed_rollouts: each pass replays from its first rollout
         first: list[Trajectories] = []  # theta_0's rollout (the later steps' are not kept: memory flat in K)
+        sim = self._simulator(tasks)
 
         def batch(k: int, params: dict[str, Tensor]) -> Any:
-            traj = self._rollout(tasks, None if k == 0 else params, noise_inner[k])
+            traj = self._rollout(tasks, sim, None if k == 0 else params, noise_inner[k])
             if k == 0:
                 first.append(traj)
             return task_major(traj, states=self._table)
@@ -331,7 +339,7 @@ class MetaLearner:
             check_tasks(res)
         except NonFiniteTaskError as err:
             ok[err.tasks] = 0.0
-        post = None if noise_post is None else self._rollout(tasks, res.params, noise_post)
+        post = None if noise_post is None else self._rollout(tasks, sim, res.params, noise_post)
         return Rollouts(first[0], res.params, res.popart_state, post, ok)
 
     # ------------------------------------------------------------------------------------ meta-loss
@@ -346,7 +354,7 @@ class MetaLearner:
 
         def outer(p: dict[str, Tensor], s: Any, b: Any) -> Tensor:
             state = None if s is None else pa.PopArtState(*s)
-            return outer_a2c_terms(self.model, p, b, state, self.loss_cfg, value_units=units)
+            return torch.stack(a2c_terms(self.model, p, b, state, self.loss_cfg, value_units=units))
 
         assert r.post is not None
         terms = map_tasks(outer, r.adapted, None if r.states is None else tuple(r.states),
