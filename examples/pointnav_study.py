@@ -86,12 +86,16 @@ def per_bin(run: dict) -> list[float]:
 def report(runs: list[dict], args: argparse.Namespace) -> str:
     """The markdown report of all runs."""
     lines = ["# Scaled 2D navigation: PopArt-MAML (learned lr, beta) vs plain MAML (lr swept)", "",
-             f"Settings: {vars(args)}", "",
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items() if k not in ("out", "report_only")),
+             "", f"Command: `python examples/pointnav_study.py --seeds {args.seeds} --iterations {args.iterations} "
+             f"--tasks {args.tasks} --trajectories {args.trajectories} --horizon {args.horizon} --hidden {args.hidden} "
+             f"--eval-tasks {args.eval_tasks} --plain-lrs {args.plain_lrs}` (one thread per run; the PopArt runs "
+             "take K = 2 inner steps, plain MAML K = 1, MAMLConfig's defaults otherwise).", "",
              "Mean normalized post-adaptation return on the fixed test tasks (return / c; higher is better), "
              "mean over seeds with 95% t-intervals; failed = non-finite loss or meta-gradient.", "",
-             "| method | inner lr | ok / seeds | post return (norm) | " +
+             "| method | inner lr | ok / seeds | pre return (norm) | post return (norm) | " +
              " | ".join(f"log10 c in [{lo:g},{hi:g})" for lo, hi in BINS) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(BINS)]
+             "|---|---:|---:|---:|---:|" + "---:|" * len(BINS)]
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["lr"]), []).append(r)
@@ -100,12 +104,13 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         ok = [r for r in rs if r["status"] == "ok"]
         cells = [f"{method}", f"{lr:g}", f"{len(ok)} / {len(rs)}"]
         if ok:
+            pm, ph = mean_ci([statistics.fmean(r["pre_norm"]) for r in ok])
             m, h = mean_ci([statistics.fmean(r["post_norm"]) for r in ok])
             bins = [mean_ci([per_bin(r)[b] for r in ok]) for b in range(len(BINS))]
-            cells += [f"{m:.2f} ± {h:.2f}"] + [f"{bm:.2f} ± {bh:.2f}" for bm, bh in bins]
+            cells += [f"{pm:.2f} ± {ph:.2f}", f"{m:.2f} ± {h:.2f}"] + [f"{bm:.2f} ± {bh:.2f}" for bm, bh in bins]
             summary[(method, lr)] = {"ok": ok, "mean": m, "seeds": len(rs)}
         else:
-            cells += ["failed"] * (1 + len(BINS))
+            cells += ["failed"] * (2 + len(BINS))
         lines.append("| " + " | ".join(cells) + " |")
     plain = {k: v for k, v in summary.items() if k[0] == "plain-maml" and len(v["ok"]) == v["seeds"]}
     ours = [v for k, v in summary.items() if k[0] == "popart-maml"]
@@ -145,7 +150,16 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=40)
     p.add_argument("--plain-lrs", default="0.01,0.1,1.0")
     p.add_argument("--out", type=Path, default=Path("results/pointnav-study"))
+    p.add_argument("--report-only", action="store_true", help="rewrite report.md from <out>/results.json")
     args = p.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        for key, value in saved["settings"].items():
+            if key not in ("out", "report_only"):
+                setattr(args, key, value)
+        (args.out / "report.md").write_text(report(saved["runs"], args))
+        print((args.out / "report.md").read_text())
+        return
     torch.set_num_threads(1)
     configs = [("popart-maml", 0.1)] + [("plain-maml", float(x)) for x in args.plain_lrs.split(",")]
     runs = []

@@ -374,3 +374,18 @@ def test_a_nan_reward_is_reported_at_the_step_that_saw_it(engine):
     assert ("task 1: non-finite loss[0], popart_state.mu" in msg and "check the first batch" in msg
             if engine == "func"
             else "task 1: inner step 0:" in msg and "targets" in msg), msg
+
+
+def test_pointnav_distributed_over_two_processes_matches_one(tmp_path):
+    from metaopt.cli import main
+
+    args = ["maml-rl", "--env", "pointnav2d", "--scaled", "--popart", "--learn", "lr,beta", "--iterations", "2",
+            "--tasks", "4", "--trajectories", "3", "--horizon", "6", "--hidden", "8", "--eval-tasks", "2",
+            "--eval-every", "0", "--dtype", "float64", "--no-plot"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["train"]
+    for a, b in zip(runs["one"], runs["two"], strict=True):
+        for key in ("outer_loss", "lr", "beta", "train_post_return_norm"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-9), key
