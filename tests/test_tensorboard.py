@@ -22,7 +22,7 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def _tag_for(column: str, tags: list[str]) -> str:
     """The tag logging ``column`` (tags may carry a namespace: ``train/pre_return`` for ``train_pre_return``)."""
-    found = [t for t in tags if t == column or t.replace("/", "_").endswith(column)]
+    found = [t for t in tags if column in (t, t.replace("/", "_"), t.split("/", 1)[-1])]  # not grad_logit_beta for beta
     assert len(found) == 1, f"expected one tensorboard tag for metrics.csv column {column!r}, got {found} in {tags}"
     return found[0]
 
