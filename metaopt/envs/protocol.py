@@ -133,7 +133,7 @@ class TabularMDPFamily:
         self.dtype, self.device = dtype, torch.device(device)
 
     def sample_tasks(self, num_tasks: int, *, generator: torch.Generator) -> TaskBatch:
-        """:func:`~metaopt.envs.sample_tasks` from ``generator`` (moved to the family's device)."""
+        """:func:`~metaopt.envs.sample_tasks` from ``generator`` (float64, on the generator's device)."""
         return sample_tasks(num_tasks, num_states=self.num_states, num_actions=self.num_actions, generator=generator,
                             scale_range=self.scale_range)
 
