@@ -1,4 +1,4 @@
-"""``metaopt maml-rl``: MAML-A2C on TabularMDP with PopArt, learning beta and the inner lr.
+"""``metaopt maml-rl``: MAML-A2C on TabularMDP or 2D navigation (``--env``) with PopArt, learning beta and the inner lr.
 
 Writes into ``--out``: ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 iteration), ``eval.csv`` (test-task evaluations), ``metrics.json`` (both plus the summary), ``returns.png``
@@ -52,6 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "trajectories": 4, "eval_every": 2, "eval_tasks": 4},
 }
 CHECKPOINT = "checkpoint.pt"
+#: The task family's name in run names (``--wandb``), by ``MAMLConfig.env``.
+_ENV_NAMES = {"tabular": "TabularMDP", "pointnav2d": "PointNav2D"}
 FORMAT = "metaopt.maml_rl/2"
 ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png", "meta_params.png")
 
@@ -293,8 +295,8 @@ def train(
         if tensorboard:
             backends.append(loggers.TensorBoardLogger(out / "tb"))
         if wandb is not None:
-            backends.append(loggers.WandbLogger(wandb, name=f"TabularMDP__maml-rl__{cfg.seed}", config=cfg.to_dict(),
-                                                mode=wandb_mode))
+            name = f"{_ENV_NAMES[cfg.env]}__maml-rl__{cfg.seed}"
+            backends.append(loggers.WandbLogger(wandb, name=name, config=cfg.to_dict(), mode=wandb_mode))
         writer = loggers.MultiLogger(backends) if backends else None
 
     bar = None
