@@ -233,7 +233,7 @@ class TorchOptCRN(TorchOptLoop):
         super().__init__(model, cfg)
         self.rollout = rollout
         n_envs = cfg.trajectories if rollout == "vector" else 1
-        self.envs = [TabularMDPEnv(cfg.num_states, cfg.num_actions, cfg.horizon) for _ in range(n_envs)]
+        self.envs = [TabularMDPEnv(cfg.num_states, cfg.num_actions, cfg.episode_length) for _ in range(n_envs)]
         self._task_data: Any = None  # the iteration data and task index last set on the vector envs
         self._task_index = -1
 
@@ -251,7 +251,7 @@ class TorchOptCRN(TorchOptLoop):
         action_u, transition_u, reward_z = (x[i].numpy() for x in (noise.action_u, noise.transition_u,
                                                                    noise.reward_z))
         buf = self._buffers()
-        gamma, horizon = self.cfg.gamma, self.cfg.horizon
+        gamma, horizon = self.cfg.gamma, self.cfg.episode_length
         with torch.no_grad():
             if self.rollout == "vector":
                 if self._task_data is not data or self._task_index != i:  # once per task, like envs.call("reset_task")
@@ -304,7 +304,7 @@ class TorchOptAsWritten(TorchOptLoop):
     def __init__(self, model: ActorCritic, cfg: MAMLConfig, *, seed: int | None = None) -> None:
         super().__init__(model, cfg)
         self.env = gymnasium.make(ENV_ID, num_states=cfg.num_states, num_actions=cfg.num_actions,
-                                  horizon=cfg.horizon, max_episode_steps=cfg.horizon)
+                                  horizon=cfg.episode_length, max_episode_steps=cfg.episode_length)
         self.env.reset(seed=cfg.seed if seed is None else seed)
 
     def sample_traj(self, data: Any, i: int, phase: str) -> Traj:

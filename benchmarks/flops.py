@@ -104,7 +104,7 @@ def iteration_flops(cfg: MAMLConfig, *, bootstrap: str = "last") -> int:
     if bad:
         raise ValueError(f"iteration_flops covers one full second-order inner step without PopArt; got {bad}")
     f, f1 = forward_flops(cfg.num_states, cfg.num_actions, cfg.hidden)
-    n = cfg.trajectories * cfg.horizon
+    n = cfg.trajectories * cfg.episode_length
     if cfg.state_table and bootstrap == "last":
         s, a, b = cfg.num_states, cfg.num_actions, cfg.trajectories
         return s * f + cfg.tasks * (s * (13 * f - 6 * f1) + 8 * n * s * a + 12 * n * s + 4 * b * s)

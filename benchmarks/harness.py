@@ -85,7 +85,7 @@ def make_step(method: str, cfg: MAMLConfig) -> tuple[StepFn, Callable[[], Any]]:
 
 def env_steps(cfg: MAMLConfig) -> int:
     """Environment steps of one meta-iteration: two rollouts of ``tasks x trajectories x horizon``."""
-    return 2 * cfg.tasks * cfg.trajectories * cfg.horizon
+    return 2 * cfg.tasks * cfg.trajectories * cfg.episode_length
 
 
 # ---------------------------------------------------------------------------------------------------- timing

@@ -51,7 +51,9 @@ def main(args: Args) -> int:
         pred = functional_call(model, params, (batch["x"],))
         return 0.5 * ((pred - pa.normalize(state, batch["y"])) ** 2).mean()
 
-    spec = PopArtSpec("2.weight", "2.bias", targets=lambda params, batch, state: batch["y"])
+    # debias=False: one debiased ART step sets beta_1 = 1, leaving beta no meta-gradient to check at K = 1
+    spec = PopArtSpec("2.weight", "2.bias", targets=lambda params, batch, state: batch["y"], debias=False,
+                      first_pop=True)
     inner = InnerLoop(inner_loss, steps=args.steps, optimizer=sgd(), popart=spec)
     meta = MetaParameters(lr=args.lr, beta=args.beta, learn=("lr", "beta"), dtype=torch.float64)
 

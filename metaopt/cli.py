@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "maml-rl": (
         "metaopt.experiments.maml_rl",
-        "MAML-A2C on TabularMDP, optionally with PopArt value normalization and a learned beta and inner lr.",
+        "MAML-A2C on TabularMDP or 2D navigation (--env), optionally with PopArt and a learned beta and inner lr.",
     ),
     "study": (
         "metaopt.experiments.study",

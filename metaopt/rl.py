@@ -7,8 +7,9 @@ under ``torch.func.vmap`` over tasks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,14 @@ from metaopt.envs import Trajectories
 from metaopt.inner_optim import InnerOptimizer, sgd
 
 __all__ = [
+    "PolicyDistribution",
+    "Categorical",
+    "DiagGaussian",
+    "CATEGORICAL",
+    "DIAG_GAUSSIAN",
+    "distribution_of",
     "ActorCritic",
+    "GaussianActorCritic",
     "ACTIVATIONS",
     "A2CConfig",
     "Batch",
@@ -35,6 +43,7 @@ __all__ = [
     "a2c_terms",
     "a2c_loss",
     "returns_targets",
+    "outer_a2c_terms",
     "make_inner_loop",
     "PolicyHealth",
     "policy_health",
@@ -44,6 +53,101 @@ Params = dict[str, Tensor]
 #: One task's trajectories (time-major inside a task): observations [T, B, S], actions/rewards/dones [T, B],
 #: last_observations [B, S]. Stacked over tasks on dim 0 for ``vmap``.
 Batch = dict[str, Tensor]
+
+
+class PolicyDistribution(Protocol):
+    """How a model's policy output parameterizes a distribution over actions.
+
+    ``out`` is the policy output of the model (its first return value) for a batch of observations; the
+    common random number ``noise`` of one step is drawn up front by the environment (:mod:`metaopt.envs`), so
+    that :meth:`sample` is a deterministic function of ``(out, noise)``.
+    """
+
+    #: ``"discrete"`` (integer actions) or ``"continuous"`` (real vectors).
+    kind: str
+
+    def log_prob(self, out: Tensor, actions: Tensor) -> Tensor:
+        """``log pi(a|s)`` of ``actions`` under the distribution ``out`` parameterizes (differentiable in ``out``)."""
+        ...
+
+    def sample(self, out: Tensor, noise: Tensor) -> Tensor:
+        """The action that the step's common random number ``noise`` selects."""
+        ...
+
+
+class Categorical:
+    r"""Categorical policy over ``A`` actions from logits ``out [..., A]``.
+
+    .. math::
+        \log\pi(a|s) = \text{out}_a - \log\textstyle\sum_j e^{\text{out}_j}, \qquad
+        a = \min\big(\#\{k : F_k < u\},\ A - 1\big),\ F_k = \textstyle\sum_{j\le k}\pi(j|s),\ u\sim U(0,1),
+
+    the inverse-CDF rule of :class:`metaopt.envs.BatchedTabularMDP` (same actions from the same uniforms).
+    """
+
+    kind = "discrete"
+
+    def log_prob(self, out: Tensor, actions: Tensor) -> Tensor:
+        """Log-softmax of ``out`` at the integer ``actions [...]``."""
+        if actions.is_floating_point():
+            raise TypeError(f"actions of a Categorical policy must be integer indices, got dtype {actions.dtype} "
+                            "(a continuous action space needs DiagGaussian)")
+        return F.log_softmax(out, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+    def sample(self, out: Tensor, noise: Tensor) -> Tensor:
+        """Inverse-CDF sample with uniforms ``noise [...]``."""
+        cdf = torch.softmax(out.to(noise.dtype), dim=-1).cumsum(dim=-1).contiguous()
+        index = torch.searchsorted(cdf, noise.unsqueeze(-1).contiguous()).squeeze(-1)
+        return index.clamp_(max=cdf.shape[-1] - 1)
+
+
+class DiagGaussian:
+    r"""Diagonal Gaussian policy over ``D``-dimensional actions from ``out = [mean, log_std]`` (``[..., 2D]``).
+
+    .. math::
+        \log\pi(a|s) = -\sum_{d=1}^D \Big(\tfrac12\big(\tfrac{a_d - m_d(s)}{\sigma_d}\big)^2 + \log\sigma_d
+        + \tfrac12\log 2\pi\Big), \qquad a = m(s) + \sigma\odot z,\ z\sim\mathcal N(0, I),
+
+    with :math:`\sigma = e^{\text{log\_std}}`. The environment may clip the action it applies (2D navigation
+    clips to the box); the log-probability is that of the sampled action, as in MAML's 2D navigation.
+    """
+
+    kind = "continuous"
+
+    def log_prob(self, out: Tensor, actions: Tensor) -> Tensor:
+        """Summed over the ``D`` action dimensions: ``[...]`` from ``out [..., 2D]`` and ``actions [..., D]``."""
+        mean, log_std = _split_gaussian(out, actions)
+        z = (actions - mean) * torch.exp(-log_std)
+        return -(0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample(self, out: Tensor, noise: Tensor) -> Tensor:
+        """``mean + exp(log_std) * noise`` with standard normals ``noise [..., D]``."""
+        mean, log_std = _split_gaussian(out, noise)
+        return mean + torch.exp(log_std) * noise
+
+
+def _split_gaussian(out: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    d = like.shape[-1] if like.dim() else 0
+    if out.shape[-1] != 2 * d:
+        raise ValueError(f"a DiagGaussian policy output must be [..., 2D] = [mean, log_std] for D={d} action "
+                         f"dimensions (the actions' last dim), got policy output shape {tuple(out.shape)} and actions "
+                         f"{tuple(like.shape)}")
+    mean, log_std = out.chunk(2, dim=-1)
+    return mean, log_std
+
+
+#: The shared instances (stateless).
+CATEGORICAL = Categorical()
+DIAG_GAUSSIAN = DiagGaussian()
+
+
+def distribution_of(model: nn.Module) -> PolicyDistribution:
+    """The model's policy distribution: its ``distribution`` attribute, :data:`CATEGORICAL` if it has none."""
+    dist = getattr(model, "distribution", CATEGORICAL)
+    if not (callable(getattr(dist, "log_prob", None)) and callable(getattr(dist, "sample", None))):
+        raise TypeError(f"model.distribution must be a PolicyDistribution (log_prob and sample, e.g. "
+                        f"metaopt.rl.DIAG_GAUSSIAN), got {dist!r}")
+    return cast(PolicyDistribution, dist)
 
 
 #: Hidden activations of :class:`ActorCritic` (``relu`` is TorchOpt's; the others have no dead zone).
@@ -76,10 +180,51 @@ class ActorCritic(nn.Module):
         self.policy = nn.Linear(hidden, num_actions, **kw)
         self.value = nn.Linear(hidden, 1, **kw)
 
+    distribution: PolicyDistribution = CATEGORICAL
+
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(logits [..., A], value [...])`` for observations ``[..., S]``."""
         h = self.body(obs)
         return self.policy(h), self.value(h).squeeze(-1)
+
+
+class GaussianActorCritic(nn.Module):
+    """Body ``Linear(O, H)-act-Linear(H, H)-act``, a diagonal Gaussian policy and a value head.
+
+    The policy's mean is state dependent (``mean = Linear(H, D)(h)``), its log standard deviation a learned
+    parameter ``log_std [D]`` shared by all states; the policy output is ``[mean, log_std]`` (``[..., 2D]``, see
+    :class:`DiagGaussian`). The value head ``value`` is as in :class:`ActorCritic` (normalized with PopArt).
+
+    Args:
+        obs_size: Observation size.
+        action_size: Action dimensions ``D``.
+        hidden: Hidden width.
+        activation: Hidden activation, a key of :data:`ACTIVATIONS`.
+        init_log_std: Initial ``log_std``.
+        device: Device of the parameters.
+        dtype: Floating dtype of the parameters.
+    """
+
+    distribution: PolicyDistribution = DIAG_GAUSSIAN
+
+    def __init__(self, obs_size: int = 2, action_size: int = 2, hidden: int = 64, *, activation: str = "tanh",
+                 init_log_std: float = 0.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        check_real("init_log_std", init_log_std)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(nn.Linear(obs_size, hidden, **kw), act(), nn.Linear(hidden, hidden, **kw), act())
+        self.mean = nn.Linear(hidden, action_size, **kw)
+        self.log_std = nn.Parameter(torch.full((action_size,), float(init_log_std), **kw))
+        self.value = nn.Linear(hidden, 1, **kw)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``([mean, log_std] [..., 2D], value [...])`` for observations ``[..., O]``."""
+        h = self.body(obs)
+        mean = self.mean(h)
+        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1), self.value(h).squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -135,6 +280,9 @@ def task_major(traj: Trajectories, *, states: bool = False) -> Batch:
         "last_observations": traj.last_observations,
     }
     if states:
+        if traj.states is None:
+            raise ValueError("states=True needs trajectories with tabular states (traj.states), got states=None: "
+                             "this environment has no discrete states (use states=False)")
         batch["states"] = traj.states.transpose(0, 1)
     return batch
 
@@ -177,9 +325,10 @@ def _forward(model: nn.Module, params: Params, batch: Batch, *, values_only: boo
              ) -> tuple[Tensor | None, Tensor, Tensor]:
     """``log pi(a_t|s_t)`` of the taken actions and the normalized values at the visits and after the last step.
 
-    With ``states`` in the batch (one-hot observations of tabular states) the network and the log-softmax run once
-    per state and the visits are selected by a product with the one-hot observations, which is exact (every other
-    term is a zero): the same values as a forward pass per visit, with ``S`` rows instead of ``T * B``.
+    The log-probability is that of the model's policy distribution (:func:`distribution_of`). With ``states`` in
+    the batch (one-hot observations of tabular states, categorical policies) the network and the log-softmax run
+    once per state and the visits are selected by a product with the one-hot observations, which is exact (every
+    other term is a zero): the same values as a forward pass per visit, with ``S`` rows instead of ``T * B``.
     """
     obs, last = batch["observations"], batch["last_observations"]
     if "states" in batch:
@@ -189,11 +338,11 @@ def _forward(model: nn.Module, params: Params, batch: Batch, *, values_only: boo
             return None, values, last_values
         logp = (obs @ F.log_softmax(logits, dim=-1)).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         return logp, values, last_values
-    logits, n = functional_call(model, params, (obs,))
+    out, n = functional_call(model, params, (obs,))
     _, n_last = functional_call(model, params, (last,))
     if values_only:
         return None, n, n_last
-    return F.log_softmax(logits, dim=-1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1), n, n_last
+    return distribution_of(model).log_prob(out, batch["actions"]), n, n_last
 
 
 def returns_targets(
@@ -336,6 +485,18 @@ def a2c_loss(
     return cfg.policy_coef * terms.policy + cfg.value_coef * terms.value
 
 
+def outer_a2c_terms(model: nn.Module, params: Params, batch: Batch, state: pa.PopArtState | None,
+                    cfg: A2CConfig = DEFAULT_A2C, *, value_units: str = "sg_scale") -> Tensor:
+    r"""The outer (post-adaptation) terms of one task, stacked ``[policy, value]``: the job's meta-objective.
+
+    :func:`a2c_terms` with the outer loss's stop-gradients (``statistics_gradient=False``: the advantage is a
+    constant) and, with PopArt, the value error in ``value_units`` (default ``"sg_scale"``,
+    :math:`(G - V)/\operatorname{sg}(\sigma)`, which inflating :math:`\sigma` cannot lower). Map it over tasks with
+    :func:`metaopt.engines.map_tasks` and weight the rows with ``cfg.policy_coef`` and ``cfg.value_coef``.
+    """
+    return torch.stack(a2c_terms(model, params, batch, state, cfg, value_units=value_units))
+
+
 def make_inner_loop(
     model: nn.Module,
     *,
@@ -345,13 +506,19 @@ def make_inner_loop(
     optimizer: InnerOptimizer | None = None,
     first_order: bool = False,
     truncate: int | None = None,
-    debias: bool = False,
-    first_pop: bool = True,
+    debias: bool = True,
+    first_pop: bool = False,
+    value_head: str = "value",
 ) -> InnerLoop:
-    """The MAML-A2C inner loop; with ``popart``, ART runs on the lambda-returns and POP on ``value``.
+    """The MAML-A2C inner loop; with ``popart``, ART runs on the lambda-returns and POP on the value head.
 
-    ``debias`` and ``first_pop`` are :class:`~metaopt.engines.PopArtSpec`'s options.
+    ``debias`` and ``first_pop`` are :class:`~metaopt.engines.PopArtSpec`'s options (defaults: the recommended
+    configuration). ``value_head`` names the model's value layer: its parameters ``{value_head}.weight`` (one row)
+    and ``{value_head}.bias`` are what POP rescales.
     """
+    if not isinstance(value_head, str) or not value_head:
+        raise TypeError(f"value_head must be the name of the model's value layer (a non-empty str, e.g. 'value'), "
+                        f"got {value_head!r}")
 
     def loss(params: Params, batch: Batch, state: pa.PopArtState | None) -> Tensor:
         return a2c_loss(model, params, batch, state, cfg)
@@ -359,7 +526,8 @@ def make_inner_loop(
     spec = None
     if popart:
         spec = PopArtSpec(
-            "value.weight", "value.bias", targets=lambda p, b, s: returns_targets(model, p, b, s, cfg),
+            f"{value_head}.weight", f"{value_head}.bias",
+            targets=lambda p, b, s: returns_targets(model, p, b, s, cfg),
             debias=debias, first_pop=first_pop,
         )
     return InnerLoop(
@@ -373,8 +541,8 @@ class PolicyHealth(NamedTuple):
     Attributes:
         live_units: Per hidden activation layer of the model, the fraction of its units whose output varies over the
             observations (a ReLU unit that is 0 on every input is dead: no gradient reaches its weights).
-        logit_spread: Mean over actions of the standard deviation over observations of the log-probabilities;
-            0 when the policy is the same in every state.
+        logit_spread: Mean over actions of the standard deviation over observations of the log-probabilities
+            (a :class:`DiagGaussian` policy: of the means); 0 when the policy is the same in every state.
     """
 
     live_units: tuple[float, ...]
@@ -411,5 +579,9 @@ def policy_health(model: nn.Module, params: Params, observations: Tensor) -> Pol
             h.remove()
     flat = [a.reshape(-1, a.shape[-1]) for a in acts]
     live = tuple(float((a.amax(0) - a.amin(0) > 1e-6).to(torch.float64).mean()) for a in flat)
-    spread = float(F.log_softmax(logits, dim=-1).std(0, correction=0).mean()) if logits.shape[0] > 1 else 0.0
+    if isinstance(distribution_of(model), DiagGaussian):
+        per_obs = logits.reshape(-1, logits.shape[-1])[:, : logits.shape[-1] // 2]  # the means
+    else:
+        per_obs = F.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+    spread = float(per_obs.std(0, correction=0).mean()) if per_obs.shape[0] > 1 else 0.0
     return PolicyHealth(live, spread)

@@ -56,7 +56,8 @@ def make_inner(model: nn.Module, *, popart: bool = True, steps: int = 1, kind: s
         return 0.5 * ((pred - target) ** 2).mean()
 
     targets = boot if weight_targets else (lambda params, batch, state: batch["y"])
-    spec = PopArtSpec("value.weight", "value.bias", targets=targets) if popart else None
+    spec = (PopArtSpec("value.weight", "value.bias", targets=targets, debias=False, first_pop=True) if popart
+            else None)
     opt = adam(eps=eps) if kind == "adam" else sgd(momentum=momentum)
     return InnerLoop(loss, steps=steps, optimizer=opt, first_order=first_order, truncate=truncate, popart=spec)
 

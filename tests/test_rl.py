@@ -173,7 +173,7 @@ def test_fresh_debiased_statistics_are_the_first_batch_moments_and_no_first_pop(
     assert torch.allclose(res.popart_state.mu, mc.mean().reshape(1), atol=1e-12)
     assert torch.allclose(res.popart_state.sigma, mc.std(unbiased=False).reshape(1), atol=1e-12)
     assert torch.equal(res.params["value.weight"], model.value.weight)  # no POP at step 0
-    with_pop = adapt(model, make_inner_loop(model, popart=True, debias=True), batch, meta,
+    with_pop = adapt(model, make_inner_loop(model, popart=True, debias=True, first_pop=True), batch, meta,
                      popart_state=pa.init(1, dtype=torch.float64))
     assert not torch.allclose(with_pop.params["value.weight"], model.value.weight)
 

@@ -66,7 +66,8 @@ by_hand = torch.autograd.grad(task_loss(x, y, x_val, y_val), leaves)
 meta = metaopt.MetaParameters(lr=log_lr.exp().item(), beta=torch.sigmoid(logit_beta).item(), learn=("lr", "beta"))
 inner = metaopt.InnerLoop(
     lambda p, batch, state: inner_loss(functional_call(model, p, (batch[0],)), batch[1], state), steps=STEPS,
-    popart=metaopt.PopArtSpec("2.weight", "2.bias", targets=lambda p, batch, state: batch[1]),
+    popart=metaopt.PopArtSpec("2.weight", "2.bias", targets=lambda p, batch, state: batch[1],
+                              debias=False, first_pop=True),  # the hand-written loop's plain ART, POP at every step
 )
 res = metaopt.adapt(model, inner, (x, y), meta, engine="higher", popart_state=popart.init(1))
 engine = torch.autograd.grad(outer_loss(functional_call(model, res.params, (x_val,)), y_val, res.popart_state),

@@ -56,8 +56,9 @@ for g_vmap, g_loop in zip(meta_grads, torch.autograd.grad(looped, [*theta0.value
 # metaopt's `func` engine runs the same inner loop, described once, vmapped over the tasks by adapt_tasks.
 meta = metaopt.MetaParameters(lr=0.1, beta=0.5, learn=("lr", "beta"))  # the values of exp(log_lr), sigmoid(0)
 inner = metaopt.InnerLoop(lambda p, batch, state: inner_loss(p, *batch, state), steps=inner_steps,
-                          popart=metaopt.PopArtSpec("2.weight", "2.bias", targets=lambda p, batch, state: batch[1]))
-fresh = popart.PopArtState(*(t.expand(tasks, 1).clone() for t in popart.init(1)))  # per-task statistics
+                          popart=metaopt.PopArtSpec("2.weight", "2.bias", targets=lambda p, batch, state: batch[1],
+                                                    debias=False, first_pop=True))  # as the loop above
+fresh = popart.init_tasks(tasks)  # per-task statistics, [tasks, 1]
 res = metaopt.adapt_tasks(model, inner, (xs, ys), meta, engine="func", popart_state=fresh)
 engine = metaopt.map_tasks(lambda p, s, x, y: outer_loss(p, x, y, popart.PopArtState(*s)), res.params,
                            tuple(res.popart_state), xs_val, ys_val)

@@ -169,7 +169,7 @@ def _nan_like(tree: Any) -> Any:
     return pytree.tree_map(lambda t: torch.full_like(t, float("nan")) if isinstance(t, Tensor) else t, tree)
 
 
-def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
+def _looped(step: Step, inner: InnerLoop, n: int, failed: dict[int, str]) -> RunStep:
     """Tasks one after another; a task whose step raises a non-finite-value error gets NaN outputs."""
 
     def run(k: int, lr: Any, beta: Tensor, stop: bool, params: Params, batch: Any, state: Any, opt: Any) -> Any:
@@ -179,8 +179,8 @@ def _looped(step: Step, inner: InnerLoop, n: int, failed: set[int]) -> RunStep:
                 continue
             try:
                 outs[i] = _task_step(step, inner, k, lr, beta, stop, *_task((params, batch, state, opt), i))
-            except NonFiniteValueError:
-                failed.add(i)
+            except NonFiniteValueError as err:
+                failed[i] = f"inner step {k}: {err}"
         ok = [o for o in outs if o is not None]
         if len(ok) < n:
             nan = _nan_like(ok[0]) if ok else _nan_output(params, state)
@@ -214,18 +214,22 @@ def _num_tasks(batches: Any, popart_state: pa.PopArtState | None, num_tasks: int
     return int(n)
 
 
-def check_tasks(result: AdaptResult, failed: set[int] | None = None) -> None:
+def check_tasks(result: AdaptResult, failed: Mapping[int, str] | set[int] | None = None) -> None:
     """Checked mode: raise :class:`NonFiniteTaskError` naming tasks with non-finite weights, losses or statistics.
 
     Runs on the concrete results after the transform (inside ``vmap`` values cannot be read); a no-op when
     the results are themselves wrapped by an outer ``torch.func`` transform.
     """
     bad = set(failed or ())
-    why = {i: "its inputs failed an eager check (e.g. non-finite PopArt targets)" for i in bad}
-    leaves = {f"params[{n!r}]": p for n, p in result.params.items()} | {
-        f"loss[{k}]": t for k, t in enumerate(result.losses)}
+    why = {i: (failed[i] if isinstance(failed, Mapping) else
+               "its inputs failed an eager check (e.g. non-finite PopArt targets)") for i in bad}
+    # Every symptom, in the order things happen: the steps' losses (loss[0] non-finite: the first batch, e.g. its
+    # rewards, or theta_0), then the statistics, then the final weights.
+    leaves: dict[str, Tensor] = {f"loss[{k}]": t for k, t in enumerate(result.losses)}
     if result.popart_state is not None:
         leaves |= {"popart_state.mu": result.popart_state.mu, "popart_state.sigma": result.popart_state.sigma}
+    leaves |= {f"params[{n!r}]": p for n, p in result.params.items()}
+    found: dict[int, list[str]] = {}
     for name, t in leaves.items():
         if not is_concrete(t):
             return
@@ -234,7 +238,12 @@ def check_tasks(result: AdaptResult, failed: set[int] | None = None) -> None:
             mask |= (t.detach() <= 0).reshape(t.shape[0], -1).any(1)
         for i in mask.nonzero().flatten().tolist():
             bad.add(i)
-            why.setdefault(i, name)
+            found.setdefault(i, []).append(name)
+    for i, names in found.items():
+        if i not in why:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            first = " (the first inner loss: check the first batch, e.g. its rewards)" if names[0] == "loss[0]" else ""
+            why[i] = f"non-finite {shown}{first}"
     if bad:
         detail = ", ".join(f"task {i}: {why[i]}" for i in sorted(bad))
         raise NonFiniteTaskError(f"the inner loop produced non-finite values in task(s) {sorted(bad)} ({detail})",
@@ -260,6 +269,16 @@ def _prepare(model: nn.Module, inner: InnerLoop, meta: MetaParameters, state: pa
             name = getattr(inner.popart, attr)
             if name not in names:
                 raise ValueError(f"popart.{attr}={name!r} is not a parameter of the model; expected one of {names}")
+        weight, outs = dict(model.named_parameters())[inner.popart.weight], state.mu.shape[-1]
+        if weight.dim() != 2 or weight.shape[0] != outs:
+            raise ValueError(f"popart.weight={inner.popart.weight!r} (PopArtSpec) must be the value head's "
+                             f"[outputs, in] weight with one row per PopArt statistic ({outs}, popart_state's last "
+                             f"dim), got shape {tuple(weight.shape)}: expected a Linear(in, {outs}) value head")
+    lr_dtype = next((t.dtype for t in meta.buffers()), None) or next((t.dtype for t in meta.parameters()), None)
+    p_dtype = next((p.dtype for p in model.parameters()), None)
+    if lr_dtype is not None and p_dtype is not None and lr_dtype != p_dtype:
+        raise TypeError(f"meta (MetaParameters) has dtype {lr_dtype} but the model's parameters {p_dtype}: expected "
+                        f"the same dtype, e.g. MetaParameters(..., dtype={p_dtype})")
     start = dict(model.named_parameters()) if params is None else dict(params)
     if sorted(start) != sorted(names):
         raise ValueError(f"params must name exactly the model's parameters {names}, got {list(start)}")
@@ -357,10 +376,15 @@ def adapt_tasks(
     """
     check_choice("engine", engine, ENGINES)
     check_choice("randomness", randomness, ("error", "different", "same"))
+    if isinstance(popart_state, pa.PopArtState) and any(t.dim() != 2 for t in popart_state):
+        raise ValueError("popart_state must hold per-task statistics, each field [tasks, outputs] (build them with "
+                         "metaopt.popart.init_tasks(num_tasks)); got mu "
+                         f"{tuple(popart_state.mu.shape)}, sigma {tuple(popart_state.sigma.shape)}, count "
+                         f"{tuple(popart_state.count.shape)} (popart.init(n) is one task with n outputs)")
     start, lr, beta = _prepare(model, inner, meta, popart_state, params)
     n = _num_tasks(None if isinstance(batches, PerStep) else batches, popart_state, num_tasks)
     stacked = {k: p.expand(n, *p.shape) for k, p in start.items()}
-    failed: set[int] = set()
+    failed: dict[int, str] = {}
     with make_engine(engine, model) as eng:
         run = _vmapped(eng.step, inner, randomness) if eng.vectorized else _looped(eng.step, inner, n, failed)
         res = _unroll(run, inner, batches, lr, beta, stacked, popart_state)

@@ -43,23 +43,26 @@ class PopArtSpec:
             may depend on ``params``; the meta-gradient flows through them.
         stop_gradient: Detach the new statistics (rlax's behaviour: no meta-gradient into ``beta`` or the
             targets through them).
-        debias: Debiased step size (see :func:`metaopt.popart.art`).
+        debias: Debiased step size (see :func:`metaopt.popart.art`); on by default, the recommended setting (the
+            first ART step sets the statistics to the batch's moments instead of moving ``1 - beta`` of the way
+            from ``mu = 0, sigma = 1``). Pass ``debias=False`` for rlax's plain exponential average.
         sigma_min: Lower bound of sigma.
         sigma_max: Upper bound of sigma.
-        first_pop: POP at the first inner step too (default). ``False`` reads the initial value head as a
-            *normalized* prediction under the first statistics (no rescale at step 0): the right reading when
-            the statistics start fresh for every task (``mu = 0, sigma = 1`` says nothing about the task's
-            scale), so that ``theta_0`` learns a scale-free value head instead of one value in raw units.
+        first_pop: POP at the first inner step too. ``False`` (default, the recommended setting) reads the initial
+            value head as a *normalized* prediction under the first statistics (no rescale at step 0): the right
+            reading when the statistics start fresh for every task (``mu = 0, sigma = 1`` says nothing about the
+            task's scale), so that ``theta_0`` learns a scale-free value head instead of one value in raw units.
+            ``True`` suits statistics carried over from earlier updates.
     """
 
     weight: str
     bias: str
     targets: TargetFn
     stop_gradient: bool = False
-    debias: bool = False
+    debias: bool = True
     sigma_min: float = pa.DEFAULT_SIGMA_MIN
     sigma_max: float = pa.DEFAULT_SIGMA_MAX
-    first_pop: bool = True
+    first_pop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("weight", "bias"):

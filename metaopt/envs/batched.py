@@ -147,7 +147,7 @@ class Trajectories(NamedTuple):
         actions: ``[T, N, B]`` ``long`` actions :math:`a_t`.
         rewards: ``[T, N, B]`` rewards :math:`r_t` (already multiplied by the task scale).
         dones: ``[T, N, B]`` float, ``1.0`` at the last step ``t = T - 1`` (end of the episode), else 0.
-        states: ``[T, N, B]`` ``long`` states :math:`s_t`.
+        states: ``[T, N, B]`` ``long`` states :math:`s_t` (``None`` for environments without discrete states).
         last_observations: ``[N, B, S]`` one-hot observation :math:`o_T` after the final step.
         scales: ``[N]`` reward multipliers :math:`c`.
     """
@@ -156,7 +156,7 @@ class Trajectories(NamedTuple):
     actions: torch.Tensor
     rewards: torch.Tensor
     dones: torch.Tensor
-    states: torch.Tensor
+    states: torch.Tensor | None
     last_observations: torch.Tensor
     scales: torch.Tensor
 
@@ -173,7 +173,7 @@ class Trajectories(NamedTuple):
             actions=self.actions[:, ix],
             rewards=self.rewards[:, ix],
             dones=self.dones[:, ix],
-            states=self.states[:, ix],
+            states=None if self.states is None else self.states[:, ix],
             last_observations=self.last_observations[ix],
             scales=self.scales[ix],
         )
@@ -321,6 +321,28 @@ class BatchedTabularMDP:
             probs = torch.softmax(logits.to(self.dtype), dim=-1)
             cdf = probs.cumsum(dim=-1).contiguous()
             return _sample(cdf, action_u[t])
+
+        return self._run(noise, choose)
+
+    @torch.no_grad()
+    def rollout_act(self, act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: RolloutNoise
+                    ) -> Trajectories:
+        """Roll out a policy that turns the step's uniforms into actions (the :class:`~metaopt.envs.BatchedEnv` form).
+
+        ``act(observations [N, B, S], action_u [N, B]) -> actions [N, B]`` (e.g.
+        :meth:`metaopt.rl.Categorical.sample` of a network's logits: then the actions equal :meth:`rollout`'s).
+        """
+        self._check_noise(noise)
+        action_u = noise.action_u.permute(2, 0, 1)
+
+        def choose(t: int, state: torch.Tensor) -> torch.Tensor:
+            action = act(self._eye[state], action_u[t])
+            if not isinstance(action, torch.Tensor) or tuple(action.shape) != tuple(state.shape) or (
+                    action.is_floating_point()):
+                raise ValueError(f"act must return integer actions of shape [N, B] = {list(state.shape)}, got "
+                                 f"{getattr(action, 'dtype', type(action).__name__)} "
+                                 f"{list(getattr(action, 'shape', []))}")
+            return action.to(torch.long)
 
         return self._run(noise, choose)
 

@@ -1,4 +1,4 @@
-"""``metaopt maml-rl``: MAML-A2C on TabularMDP with PopArt, learning beta and the inner lr.
+"""``metaopt maml-rl``: MAML-A2C on TabularMDP or 2D navigation (``--env``) with PopArt, learning beta and the inner lr.
 
 Writes into ``--out``: ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 iteration), ``eval.csv`` (test-task evaluations), ``metrics.json`` (both plus the summary), ``returns.png``
@@ -71,6 +71,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: File name of the checkpoint in ``--out`` (``--resume`` reads it).
 CHECKPOINT = "checkpoint.pt"
+#: The task family's name in run names (``--wandb``), by ``MAMLConfig.env``.
+_ENV_NAMES = {"tabular": "TabularMDP", "pointnav2d": "PointNav2D"}
 FORMAT = "metaopt.maml_rl/3"
 #: Every file a run may write into ``--out`` (an ``--out`` holding any of them needs ``--resume`` or ``--overwrite``).
 ARTIFACTS = (CHECKPOINT, "config.json", "metrics.csv", "eval.csv", "metrics.json", "returns.png", "meta_params.png")
@@ -555,8 +557,8 @@ def _train_loop(cfg: MAMLConfig, out: Path, learner: MetaLearner, history: dict[
         if tensorboard:
             backends.append(loggers.TensorBoardLogger(out / "tb"))
         if wandb is not None:
-            backends.append(loggers.WandbLogger(wandb, name=f"TabularMDP__maml-rl__{cfg.seed}", config=cfg.to_dict(),
-                                                mode=wandb_mode))
+            name = f"{_ENV_NAMES[cfg.env]}__maml-rl__{cfg.seed}"
+            backends.append(loggers.WandbLogger(wandb, name=name, config=cfg.to_dict(), mode=wandb_mode))
         writer = loggers.MultiLogger(backends) if backends else None
 
     bar = None

@@ -1,7 +1,10 @@
-"""The MAML-A2C job: :class:`MAMLConfig` (what to run) and :class:`MetaLearner` (one run's state and step)."""
+"""The MAML-A2C job: :class:`MAMLConfig` (what to run) and :class:`MetaLearner` (one run's state and step).
+
+:mod:`metaopt.maml.parts` holds the pieces a hand-written loop can call (:func:`routed_meta_gradient`).
+"""
 
 from metaopt.maml.checks import PER_TASK, NonFiniteError, check_finite, nonfinite_gradient_tasks
-from metaopt.maml.config import DTYPES, ESTIMATORS, OBJECTIVES, MAMLConfig
+from metaopt.maml.config import DEFAULT_HORIZONS, DTYPES, ENVS, ESTIMATORS, OBJECTIVES, MAMLConfig
 from metaopt.maml.learner import (
     COLLAPSED_SPREAD,
     IterationData,
@@ -9,11 +12,16 @@ from metaopt.maml.learner import (
     MetaLearner,
     PolicyCollapseWarning,
     Rollouts,
+    make_env,
+    make_model,
 )
+from metaopt.maml.parts import meta_parameter_role, routed_meta_gradient
 
 __all__ = [
     "COLLAPSED_SPREAD",
+    "DEFAULT_HORIZONS",
     "DTYPES",
+    "ENVS",
     "ESTIMATORS",
     "OBJECTIVES",
     "PER_TASK",
@@ -25,5 +33,9 @@ __all__ = [
     "PolicyCollapseWarning",
     "Rollouts",
     "check_finite",
+    "make_env",
+    "make_model",
+    "meta_parameter_role",
     "nonfinite_gradient_tasks",
+    "routed_meta_gradient",
 ]

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from metaopt.envs import num_tasks_of
+
 if TYPE_CHECKING:
     from metaopt.maml.learner import IterationData, MetaLearner
 
@@ -68,7 +70,7 @@ def nonfinite_gradient_tasks(learner: MetaLearner, data: IterationData, task_sli
     Differentiating one entry of the batched per-task losses would send zero cotangents through the other tasks'
     graphs, and ``0 * inf`` there would flag every task.
     """
-    sl = slice(0, data.tasks.num_tasks) if task_slice is None else task_slice
+    sl = slice(0, num_tasks_of(data.tasks)) if task_slice is None else task_slice
     out = []
     for t in range(sl.start, sl.stop):
         grads = learner.meta_gradient(data, task_slice=slice(t, t + 1)).grads

@@ -14,10 +14,14 @@ from metaopt.inner_optim import KINDS
 from metaopt.meta_params import LEARNABLE, check_representable
 from metaopt.rl import ACTIVATIONS, VALUE_UNITS
 
-__all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES", "MAX_SEED"]
+__all__ = ["MAMLConfig", "OBJECTIVES", "ESTIMATORS", "DTYPES", "MAX_SEED", "ENVS", "DEFAULT_HORIZONS"]
 
 #: Which outer terms a learned inner hyperparameter follows.
 OBJECTIVES = ("policy", "value", "total")
+#: The built-in environment families (:func:`metaopt.maml.make_env`).
+ENVS = ("tabular", "pointnav2d")
+#: Default episode length per environment.
+DEFAULT_HORIZONS = {"tabular": 10, "pointnav2d": 100}
 #: Meta-policy-gradient estimators of the inner step (see :mod:`metaopt.estimators`).
 ESTIMATORS = tuple(estimators.ESTIMATORS)
 #: Floating-point dtypes of the job by name (``MAMLConfig.dtype``).
@@ -40,6 +44,8 @@ class MAMLConfig:
     alone runs it (see the README's study).
 
     Attributes:
+        env: Task family: tabular (TabularMDP, categorical policy) or pointnav2d (2D navigation, Gaussian policy;
+            Finn et al. 2017).
         engine: Meta-gradient engine: func (tasks vectorized with vmap), higher or torchopt.
         tasks: Tasks per meta-iteration.
         trajectories: Episodes per task in each inner step's batch and in the outer batch.
@@ -74,7 +80,7 @@ class MAMLConfig:
             dice and lvc weight step t by gamma^t (the exact gradient of the discounted return) while the
             surrogate keeps TorchOpt's unweighted mean, so at gamma < 1 their first derivatives differ by that
             weighting too.
-        scaled: Scaled TabularMDP: task rewards multiplied by c = 10^u, u ~ U(scale_lo, scale_hi).
+        scaled: Scaled tasks: task rewards multiplied by c = 10^u, u ~ U(scale_lo, scale_hi).
         scale_lo: Lower exponent of the scale range.
         scale_hi: Upper exponent of the scale range.
         outer_lr: Outer Adam learning rate of theta_0.
@@ -84,10 +90,11 @@ class MAMLConfig:
         value_coef: Value-loss weight.
         hidden: Hidden width of the agent.
         activation: Hidden activation of the agent: relu (TorchOpt's), tanh, elu or leaky_relu.
+        init_log_std: Initial log standard deviation of a Gaussian policy (pointnav2d).
         lr_per_parameter: A learned lr has one rate per parameter tensor (Meta-SGD style) instead of one shared.
-        num_states: TabularMDP states.
-        num_actions: TabularMDP actions.
-        horizon: Episode length.
+        num_states: TabularMDP states (tabular only).
+        num_actions: TabularMDP actions (tabular only).
+        horizon: Episode length; none (default): 10 for tabular, 100 for pointnav2d.
         first_order: First-order meta-gradients.
         truncate: Backpropagate through the last k inner steps only (none: all).
         eval_every: Evaluate on the fixed test tasks every this many iterations; 0 evaluates only at the end.
@@ -100,6 +107,7 @@ class MAMLConfig:
             off: one forward pass per visit (the reference path).
     """
 
+    env: str = field(default="tabular", metadata=_choices(*ENVS))
     engine: str = field(default="func", metadata=_choices(*ENGINES))
     tasks: int = 40
     trajectories: int = 20
@@ -128,10 +136,11 @@ class MAMLConfig:
     value_coef: float = 0.5
     hidden: int = 32
     activation: str = field(default="relu", metadata=_choices(*ACTIVATIONS))
+    init_log_std: float = 0.0
     lr_per_parameter: bool = False
     num_states: int = 10
     num_actions: int = 5
-    horizon: int = 10
+    horizon: int | None = None
     first_order: bool = False
     truncate: int | None = None
     eval_every: int = 50
@@ -170,6 +179,7 @@ class MAMLConfig:
             elif f.type in ("bool",):
                 check_bool(name, value)
         self.inner_steps = self.num_inner_steps
+        self.horizon = self.episode_length
         for key in ("tasks", "trajectories", "iterations", "inner_steps", "hidden", "num_states", "num_actions",
                     "horizon", "eval_tasks"):
             check_int(n(key), getattr(self, key), low=1)
@@ -183,6 +193,7 @@ class MAMLConfig:
         check_real(n("gamma"), self.gamma, low=0.0, high=1.0, low_open=True)
         check_real(n("lam"), self.lam, low=0.0, high=1.0)
         check_real(n("value_coef"), self.value_coef, low=0.0)
+        check_real(n("init_log_std"), self.init_log_std)
         check_real(n("scale_lo"), self.scale_lo)
         check_real(n("scale_hi"), self.scale_hi)
         if self.scale_lo > self.scale_hi:
@@ -216,6 +227,13 @@ class MAMLConfig:
         if self.inner_steps is not None:
             return self.inner_steps
         return 2 if (self.popart and self.debias and "beta" in self.learn) else 1
+
+    @property
+    def episode_length(self) -> int:
+        """``horizon`` resolved: as given, or the environment's default (:data:`DEFAULT_HORIZONS`)."""
+        if self.horizon is not None:
+            return self.horizon
+        return DEFAULT_HORIZONS.get(self.env, DEFAULT_HORIZONS["tabular"])
 
     @property
     def torch_dtype(self) -> torch.dtype:

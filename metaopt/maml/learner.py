@@ -1,4 +1,9 @@
-"""MAML-A2C on TabularMDP with differentiable PopArt, learning beta and the inner learning rate.
+"""MAML-A2C on any batched environment with differentiable PopArt, learning beta and the inner learning rate.
+
+The environment follows the :class:`~metaopt.envs.BatchedEnv` protocol (TabularMDP by default, 2D navigation
+with ``env="pointnav2d"``, or a user's own) and the model returns ``(policy output, normalized value)`` with its
+policy's :class:`~metaopt.rl.PolicyDistribution` (``model.distribution``) and a value layer named
+``value_head``.
 
 One meta-iteration (TorchOpt's MAML-RL recipe, vectorized):
 
@@ -18,25 +23,50 @@ separate, so a distributed loop can all-reduce the gradients between them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from metaopt import popart as pa
 from metaopt.engines import NonFiniteTaskError, adapt_tasks, check_tasks, map_tasks, per_step, require
-from metaopt.envs import BatchedTabularMDP, RolloutNoise, TaskBatch, Trajectories, draw_noise, sample_tasks
+from metaopt.envs import (
+    BatchedEnv,
+    BatchedTabularMDP,
+    PointNav2D,
+    TabularMDPFamily,
+    TaskBatch,
+    Trajectories,
+    check_env,
+    num_tasks_of,
+    scales_of,
+    shard,
+)
 from metaopt.inner_optim import InnerOptimizer
 from metaopt.maml.checks import PER_TASK, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import MAMLConfig
+from metaopt.maml.parts import routed_meta_gradient
 from metaopt.meta_params import MetaParameters
-from metaopt.rl import A2CConfig, ActorCritic, a2c_terms, make_inner_loop, policy_health, state_table, task_major
+from metaopt.rl import (
+    A2CConfig,
+    ActorCritic,
+    GaussianActorCritic,
+    a2c_terms,
+    distribution_of,
+    make_inner_loop,
+    policy_health,
+    state_table,
+    task_major,
+)
 
-__all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient", "PolicyCollapseWarning", "COLLAPSED_SPREAD"]
+__all__ = ["MetaLearner", "IterationData", "Rollouts", "MetaGradient", "PolicyCollapseWarning", "COLLAPSED_SPREAD",
+           "make_env", "make_model"]
 
 #: ``logit_spread`` below which ``theta_0``'s policy is taken to ignore the state (see :meth:`MetaLearner.metrics`).
 COLLAPSED_SPREAD = 1e-4
@@ -52,24 +82,24 @@ class IterationData:
     """The random inputs of one meta-iteration (identical for every engine and number of ranks).
 
     Attributes:
-        tasks: The iteration's tasks.
+        tasks: The iteration's tasks (the environment's, e.g. a :class:`~metaopt.envs.TaskBatch`).
         noise_inner: One rollout's common random numbers per inner step.
         noise_post: The post-adaptation rollout's.
     """
 
-    tasks: TaskBatch
-    noise_inner: tuple[RolloutNoise, ...]
-    noise_post: RolloutNoise
+    tasks: Any
+    noise_inner: tuple[Any, ...]
+    noise_post: Any
 
     @property
-    def noise_pre(self) -> RolloutNoise:
+    def noise_pre(self) -> Any:
         """The first inner step's noise (the rollout of ``theta_0``)."""
         return self.noise_inner[0]
 
     def shard(self, start: int, stop: int) -> IterationData:
         """Tasks ``start:stop`` of the iteration."""
-        return IterationData(self.tasks.shard(start, stop), tuple(x.shard(start, stop) for x in self.noise_inner),
-                             self.noise_post.shard(start, stop))
+        return IterationData(shard(self.tasks, start, stop), tuple(shard(x, start, stop) for x in self.noise_inner),
+                             shard(self.noise_post, start, stop))
 
 
 class Rollouts(NamedTuple):
@@ -94,6 +124,31 @@ def _returns(rewards: Tensor) -> Tensor:
     return rewards.sum(0).mean(-1)
 
 
+def make_env(cfg: MAMLConfig) -> BatchedEnv:
+    """The configured environment family: ``cfg.env`` (``tabular`` or ``pointnav2d``), scaled if ``cfg.scaled``."""
+    scale = (cfg.scale_lo, cfg.scale_hi) if cfg.scaled else None
+    if cfg.env == "pointnav2d":
+        return PointNav2D(cfg.episode_length, scale_range=scale, dtype=cfg.torch_dtype, device=cfg.torch_device)
+    return TabularMDPFamily(cfg.num_states, cfg.num_actions, cfg.episode_length, scale_range=scale,
+                            dtype=cfg.torch_dtype, device=cfg.torch_device)
+
+
+def make_model(cfg: MAMLConfig, env: BatchedEnv) -> nn.Module:
+    """The default agent of ``env``: an actor-critic with a categorical or a Gaussian policy.
+
+    :class:`~metaopt.rl.ActorCritic` for discrete actions, :class:`~metaopt.rl.GaussianActorCritic` for continuous
+    ones, with the configured width and activation, initialized on the CPU from the global RNG (the same weights on
+    every device) and moved to the run's dtype and device.
+    """
+    if env.discrete:
+        model: nn.Module = ActorCritic(env.observation_size, env.action_size, cfg.hidden, activation=cfg.activation,
+                                       device="cpu")
+    else:
+        model = GaussianActorCritic(env.observation_size, env.action_size, cfg.hidden, activation=cfg.activation,
+                                    init_log_std=cfg.init_log_std, device="cpu")
+    return model.to(dtype=cfg.torch_dtype, device=cfg.torch_device)
+
+
 class MetaLearner:
     """Holds the agent, meta-parameters, outer optimizer and RNG of a MAML-A2C run.
 
@@ -104,17 +159,29 @@ class MetaLearner:
 
     Args:
         cfg: The run's configuration (validated here).
+        env: The environment family (:class:`~metaopt.envs.BatchedEnv`); default :func:`make_env` ``(cfg)``. Its
+            tasks are drawn from the run's generator, on the run's device.
+        model: The agent, ``model(obs) -> (policy output, normalized value)`` with ``model.distribution`` its
+            policy's :class:`~metaopt.rl.PolicyDistribution` (categorical if absent); in the run's dtype and on its
+            device. Default :func:`make_model` ``(cfg, env)``, initialized after seeding the global RNG with
+            ``cfg.seed``.
+        value_head: Name of the model's value layer (``{value_head}.weight`` ``[1, H]`` and ``.bias``: PopArt's
+            POP rescales them).
     """
 
-    def __init__(self, cfg: MAMLConfig) -> None:
+    def __init__(self, cfg: MAMLConfig, *, env: BatchedEnv | None = None, model: nn.Module | None = None,
+                 value_head: str = "value") -> None:
         self.cfg = cfg.validate()
         if cfg.engine != "func":
             require(cfg.engine)  # fail now, with the install hint, not in the first iteration
         dt, dev = cfg.torch_dtype, cfg.torch_device
+        self.env = make_env(cfg) if env is None else check_env(env)
         torch.manual_seed(cfg.seed)
-        # Initialized on the CPU from the seeded global RNG (the same weights on every device), then moved.
-        self.model = ActorCritic(cfg.num_states, cfg.num_actions, cfg.hidden, activation=cfg.activation,
-                                 device="cpu").to(dtype=dt, device=dev)
+        self.model = make_model(cfg, self.env) if model is None else model
+        _check_model(self.model, self.env, cfg, value_head)
+        self.distribution = distribution_of(self.model)
+        # The one-state-per-row fast path of TabularMDP (one-hot observations, categorical policy).
+        self._table = cfg.state_table and isinstance(self.env, TabularMDPFamily) and self.env.discrete
         per = [n for n, _ in self.model.named_parameters()] if cfg.lr_per_parameter else None
         self.meta = MetaParameters(lr=cfg.inner_lr, beta=cfg.beta, learn=cfg.learn, per_parameter=per, dtype=dt,
                                    device=dev)
@@ -124,6 +191,7 @@ class MetaLearner:
             self.model, popart=cfg.popart, steps=cfg.num_inner_steps, cfg=self.loss_cfg,
             optimizer=InnerOptimizer(cfg.inner_optimizer, momentum=cfg.inner_momentum),
             first_order=cfg.first_order, truncate=cfg.truncate, debias=cfg.debias, first_pop=cfg.first_pop,
+            value_head=value_head,
         )
         groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
         if list(self.meta.parameters()):
@@ -132,6 +200,7 @@ class MetaLearner:
         self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.iteration = 0
         self._collapse_warned = False
+        self._rollout_restart: Callable[[], None] | None = None
         self.test_tasks = self.sample_tasks(cfg.eval_tasks, seed=cfg.seed + 1_000_003)
 
     # ------------------------------------------------------------------------------------------ state
@@ -160,12 +229,11 @@ class MetaLearner:
         self.iteration = int(state["iteration"])
 
     # ----------------------------------------------------------------------------------------- data
-    def sample_tasks(self, n: int, *, seed: int | None = None) -> TaskBatch:
-        """``n`` tasks of the configured kind, from the run's generator (or a fresh one seeded ``seed``)."""
+    def sample_tasks(self, n: int, *, seed: int | None = None) -> Any:
+        """``n`` tasks of the environment, from the run's generator (or a fresh one seeded ``seed``)."""
         c = self.cfg
         gen = self.generator if seed is None else torch.Generator(device=c.torch_device).manual_seed(seed)
-        return sample_tasks(n, num_states=c.num_states, num_actions=c.num_actions, generator=gen,
-                            scale_range=(c.scale_lo, c.scale_hi) if c.scaled else None)
+        return self.env.sample_tasks(n, generator=gen)
 
     def sample_iteration(self) -> IterationData:
         """Draw the next iteration's tasks and common random numbers from the run's generator."""
@@ -174,49 +242,96 @@ class MetaLearner:
         inner = tuple(self._noise(c.tasks, c.trajectories, self.generator) for _ in range(c.num_inner_steps))
         return IterationData(tasks, inner, self._noise(c.tasks, c.trajectories, self.generator))
 
-    def _noise(self, n: int, b: int, gen: torch.Generator) -> RolloutNoise:
-        c = self.cfg
-        return draw_noise(n, b, c.horizon, generator=gen, dtype=c.torch_dtype, device=c.torch_device)
+    def _noise(self, n: int, b: int, gen: torch.Generator) -> Any:
+        return self.env.draw_noise(n, b, generator=gen)
 
-    def _rollout(self, sim: BatchedTabularMDP, params: dict[str, Tensor] | None, noise: RolloutNoise
-                 ) -> Trajectories:
+    @contextlib.contextmanager
+    def fixed_rollouts(self) -> Iterator[None]:
+        """Inside, every rollout repeats the episodes the first pass made (in call order): fixed batches.
+
+        A meta-loss evaluated twice inside sees the same trajectories whatever the weights, so it is a function of
+        the parameters through the losses alone -- what a finite-difference check of the meta-gradient needs. (The
+        rollouts are not differentiated; a continuous policy's episodes move smoothly with its weights, which central
+        differences of a re-sampling meta-loss would pick up.)
+        """
+        recorded: list[Trajectories] = []
+        calls = [0]
+
+        def replay(tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+            i = calls[0]
+            calls[0] += 1
+            if i < len(recorded):
+                return recorded[i]
+            traj = self._sample_rollout(tasks, sim, params, noise)
+            recorded.append(traj)
+            return traj
+
+        def restart() -> None:
+            calls[0] = 0
+
+        self._rollout = replay  # type: ignore[method-assign]
+        self._rollout_restart = restart
+        try:
+            yield
+        finally:
+            del self._rollout
+            self._rollout_restart = None
+
+    def _rollout(self, tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+        return self._sample_rollout(tasks, sim, params, noise)
+
+    def _simulator(self, tasks: Any) -> BatchedTabularMDP | None:
+        """TabularMDP's batched simulator of ``tasks`` (one per adaptation, for its tabular fast paths), else None."""
+        if not isinstance(self.env, TabularMDPFamily):
+            return None
+        return BatchedTabularMDP(tasks.to(device=self.env.device), self.env.horizon, dtype=self.env.dtype)
+
+    def _sample_rollout(self, tasks: Any, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
         """Roll out ``theta_0`` (``params=None``, shared by all tasks) or per-task stacked ``params`` (no grad)."""
         with torch.no_grad():
-            if self.cfg.state_table:
-                ref = next(self.model.parameters())
-
-                def logits(p: dict[str, Tensor]) -> Tensor:
-                    return state_table(self.model, p, self.cfg.num_states, ref)[0]
-
-                own: dict[str, Tensor] = dict(self.model.named_parameters())
-                return sim.rollout_table(logits(own) if params is None else torch.func.vmap(logits)(params), noise)
+            if sim is not None:
+                return self._rollout_tabular(sim, params, noise)
+            dist, model = self.distribution, self.model
             if params is None:
-                return sim.rollout(lambda obs: self.model(obs)[0], noise)
-            return sim.rollout(lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(
-                params, obs), noise)
+                return self.env.rollout(tasks, lambda obs, eps: dist.sample(model(obs)[0], eps), noise)
+            return self.env.rollout(tasks, lambda obs, eps: dist.sample(torch.func.vmap(
+                lambda p, o: functional_call(model, p, (o,))[0])(params, obs), eps), noise)
 
-    def adapt_and_rollout(self, tasks: TaskBatch, noise_inner: tuple[RolloutNoise, ...],
-                          noise_post: RolloutNoise | None, engine: str | None = None) -> Rollouts:
+    def _rollout_tabular(self, sim: Any, params: dict[str, Tensor] | None, noise: Any) -> Trajectories:
+        if self._table:
+            ref = next(self.model.parameters())
+
+            def logits(p: dict[str, Tensor]) -> Tensor:
+                return state_table(self.model, p, sim.num_states, ref)[0]
+
+            own: dict[str, Tensor] = dict(self.model.named_parameters())
+            return sim.rollout_table(logits(own) if params is None else torch.func.vmap(logits)(params), noise)
+        if params is None:
+            return sim.rollout(lambda obs: self.model(obs)[0], noise)
+        return sim.rollout(lambda obs: torch.func.vmap(lambda p, o: functional_call(self.model, p, (o,))[0])(
+            params, obs), noise)
+
+    def adapt_and_rollout(self, tasks: Any, noise_inner: tuple[Any, ...], noise_post: Any | None,
+                          engine: str | None = None) -> Rollouts:
         """Roll out and adapt each task for ``K`` steps (fresh episodes per step), then roll out the adapted weights.
 
         Non-finite inner loops do not raise here (every rank of a distributed run must reach the same checks);
         they are flagged in ``inner_ok`` (the engines' checked mode) and their weights are NaN. With
         ``noise_post=None`` there is no post-adaptation rollout (``post`` is ``None``).
         """
-        c, n = self.cfg, tasks.num_tasks
-        sim = BatchedTabularMDP(tasks.to(device=c.torch_device), c.horizon, dtype=c.torch_dtype)
+        c, n = self.cfg, num_tasks_of(tasks)
+        if self._rollout_restart is not None:
+            self._rollout_restart()  # fixed_rollouts: each pass replays from its first rollout
         first: list[Trajectories] = []  # theta_0's rollout (the later steps' are not kept: memory flat in K)
+        sim = self._simulator(tasks)
 
         def batch(k: int, params: dict[str, Tensor]) -> Any:
-            traj = self._rollout(sim, None if k == 0 else params, noise_inner[k])
+            traj = self._rollout(tasks, sim, None if k == 0 else params, noise_inner[k])
             if k == 0:
                 first.append(traj)
-            return task_major(traj, states=c.state_table)
+            return task_major(traj, states=self._table)
 
-        states0 = None
-        if c.popart:
-            s = pa.init(1, dtype=c.torch_dtype, device=c.torch_device)
-            states0 = pa.PopArtState(*(t.expand(n, 1).clone() for t in s))
+        states0 = pa.init_tasks(n, dtype=c.torch_dtype, device=c.torch_device) if c.popart else None
         res = adapt_tasks(self.model, self.inner, per_step(batch), self.meta, engine=engine or c.engine,
                           popart_state=states0, num_tasks=n, check=False)
         ok = torch.ones(n, dtype=c.torch_dtype, device=c.torch_device)
@@ -224,7 +339,7 @@ class MetaLearner:
             check_tasks(res)
         except NonFiniteTaskError as err:
             ok[err.tasks] = 0.0
-        post = None if noise_post is None else self._rollout(sim, res.params, noise_post)
+        post = None if noise_post is None else self._rollout(tasks, sim, res.params, noise_post)
         return Rollouts(first[0], res.params, res.popart_state, post, ok)
 
     # ------------------------------------------------------------------------------------ meta-loss
@@ -232,7 +347,7 @@ class MetaLearner:
                     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-task outer policy and value terms ``[n]`` (differentiable) and the per-task values ``[6, n]``."""
         engine = engine or self.cfg.engine
-        sl = _check_data(self.cfg, data, task_slice)
+        sl = _check_data(self.cfg, data, task_slice, self.env)
         d = data.shard(sl.start, sl.stop)
         r = self.adapt_and_rollout(d.tasks, d.noise_inner, d.noise_post, engine)
         units = self.cfg.outer_value
@@ -243,8 +358,8 @@ class MetaLearner:
 
         assert r.post is not None
         terms = map_tasks(outer, r.adapted, None if r.states is None else tuple(r.states),
-                          task_major(r.post, states=self.cfg.state_table), engine=engine)
-        scales = d.tasks.scales.to(dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
+                          task_major(r.post, states=self._table), engine=engine)
+        scales = scales_of(d.tasks, dtype=self.cfg.torch_dtype, device=self.cfg.torch_device)
         info = torch.stack([terms[:, 0].detach(), terms[:, 1].detach(), _returns(r.pre.rewards),
                             _returns(r.post.rewards), scales, r.inner_ok])
         return terms[:, 0], terms[:, 1], info
@@ -265,19 +380,10 @@ class MetaLearner:
         lc = self.loss_cfg
         objective = {"policy": lc.policy_coef * policy.sum(), "value": lc.value_coef * value.sum()}
         objective["total"] = objective["policy"] + objective["value"]
-        names = self.named_parameters()
-        wanted = [self.cfg.lr_objective if n.startswith("meta.log_lr") else  # log_lr or per-parameter log_lrs.*
-                  self.cfg.beta_objective if n == "meta.logit_beta" else "total" for n, _ in names]
-        grads: list[Tensor | None] = [None] * len(names)
-        order = sorted(set(wanted), key=lambda o: o == "total")  # "total" last: it may free the graph
-        for j, obj in enumerate(order):
-            idx = [i for i, w in enumerate(wanted) if w == obj]
-            gs = torch.autograd.grad(objective[obj], [names[i][1] for i in idx], allow_unused=True,
-                                     retain_graph=j < len(order) - 1)
-            for i, g in zip(idx, gs, strict=True):
-                grads[i] = g
-        return MetaGradient([torch.zeros_like(p) if g is None else g for (_, p), g in zip(names, grads, strict=True)],
-                            info)
+        g_theta, g_meta = routed_meta_gradient(objective, list(self.model.parameters()), self.meta,
+                                               lr_objective=self.cfg.lr_objective,
+                                               beta_objective=self.cfg.beta_objective)
+        return MetaGradient(g_theta + g_meta, info)
 
     def apply(self, grads: list[Tensor]) -> None:
         """One outer Adam step with ``grads`` (one per entry of :meth:`parameters`)."""
@@ -311,7 +417,7 @@ class MetaLearner:
         if self.cfg.scaled:
             m["train_pre_return_norm"] = float((r["pre_return"] / r["scales"]).mean())
             m["train_post_return_norm"] = float((r["post_return"] / r["scales"]).mean())
-        if m["logit_spread"] < COLLAPSED_SPREAD and not self._collapse_warned:
+        if "logit_spread" in m and m["logit_spread"] < COLLAPSED_SPREAD and not self._collapse_warned:
             self._collapse_warned = True
             warnings.warn(f"iteration {self.iteration}: theta_0's policy no longer depends on the state (logit spread "
                           f"{m['logit_spread']:.2g} < {COLLAPSED_SPREAD:g}, live hidden units {m['live_units']:.0%}); "
@@ -321,14 +427,22 @@ class MetaLearner:
         return m
 
     def health(self) -> dict[str, float]:
-        """``theta_0``'s :func:`~metaopt.rl.policy_health` on every state.
+        """``theta_0``'s :func:`~metaopt.rl.policy_health` on the environment's probe observations.
 
         ``live_units`` is the smallest fraction of live units over its hidden layers, ``logit_spread`` the spread of
-        the log-probabilities over states (0: the policy ignores the state).
+        the policy's output over the observations (0: the policy ignores them). The observations are every state of
+        a TabularMDP, or the environment's ``probe_observations(dtype, device)`` (``[M, O]``); an environment
+        without them reports no health (an empty dict).
         """
         c = self.cfg
-        eye = torch.eye(c.num_states, dtype=c.torch_dtype, device=c.torch_device)
-        h = policy_health(self.model, dict(self.model.named_parameters()), eye)
+        probe = getattr(self.env, "probe_observations", None)
+        if isinstance(self.env, TabularMDPFamily):
+            obs = torch.eye(self.env.num_states, dtype=c.torch_dtype, device=c.torch_device)
+        elif callable(probe):
+            obs = probe(c.torch_dtype, c.torch_device)
+        else:
+            return {}
+        h = policy_health(self.model, dict(self.model.named_parameters()), obs)
         return {"live_units": min(h.live_units, default=1.0), "logit_spread": h.logit_spread}
 
     def step(self, data: IterationData | None = None) -> dict[str, float]:
@@ -346,7 +460,7 @@ class MetaLearner:
         return self.metrics(mg.per_task, time.perf_counter() - t0, mg.grads)
 
     # ------------------------------------------------------------------------------------- evaluate
-    def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: TaskBatch | None = None,
+    def evaluate(self, seed: int | None = None, trajectories: int | None = None, tasks: Any = None,
                  post_trajectories: int | None = None) -> dict[str, float]:
         """Pre- and post-adaptation returns on the fixed test tasks (or ``tasks``), vectorized ``func`` adaptation.
 
@@ -363,31 +477,57 @@ class MetaLearner:
         gen = torch.Generator(device=c.torch_device).manual_seed(c.seed * 7919 + self.iteration if seed is None
                                                                  else seed)
         tasks = self.test_tasks if tasks is None else tasks
-        b = trajectories or c.trajectories
-        inner = tuple(self._noise(tasks.num_tasks, b, gen) for _ in range(c.num_inner_steps))
-        r = self.adapt_and_rollout(tasks, inner, self._noise(tasks.num_tasks, post_trajectories or b, gen), "func")
+        b, n = trajectories or c.trajectories, num_tasks_of(tasks)
+        inner = tuple(self._noise(n, b, gen) for _ in range(c.num_inner_steps))
+        r = self.adapt_and_rollout(tasks, inner, self._noise(n, post_trajectories or b, gen), "func")
         assert r.post is not None
         pre, post = _returns(r.pre.rewards), _returns(r.post.rewards)
         out = {"test_pre_return": float(pre.mean()), "test_post_return": float(post.mean())}
         if c.scaled:
-            scales = tasks.scales.to(dtype=c.torch_dtype, device=c.torch_device)
+            scales = scales_of(tasks, dtype=c.torch_dtype, device=c.torch_device)
             out["test_pre_return_norm"] = float((pre / scales).mean())
             out["test_post_return_norm"] = float((post / scales).mean())
         return out
 
 
-def _check_data(c: MAMLConfig, data: IterationData, task_slice: slice | None) -> slice:
+def _check_model(model: nn.Module, env: BatchedEnv, cfg: MAMLConfig, value_head: str) -> None:
+    """One clear error for a model that cannot run on ``env`` in the configured dtype/device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module returning (policy output, normalized value), got "
+                        f"{type(model).__name__}")
+    params = dict(model.named_parameters())
+    bad = {n: p.dtype for n, p in params.items() if p.dtype != cfg.torch_dtype}
+    if bad:
+        name, dtype = next(iter(bad.items()))
+        raise TypeError(f"model parameters must have the run's dtype {cfg.torch_dtype} (cfg.dtype={cfg.dtype!r}), got "
+                        f"{name} of dtype {dtype}: expected model.to({cfg.torch_dtype})")
+    dist = distribution_of(model)
+    if (getattr(dist, "kind", None) == "discrete") != env.discrete:
+        raise ValueError(f"model.distribution={type(dist).__name__} ({getattr(dist, 'kind', '?')} actions) does not "
+                         f"match env {type(env).__name__} (discrete={env.discrete}): expected "
+                         f"{'Categorical' if env.discrete else 'DiagGaussian'}")
+    weight = params.get(f"{value_head}.weight")
+    if weight is None or f"{value_head}.bias" not in params:
+        raise ValueError(f"value_head={value_head!r} must name the model's value layer ({value_head}.weight and "
+                         f"{value_head}.bias among its parameters), got parameters {list(params)}")
+    if cfg.popart and (weight.dim() != 2 or weight.shape[0] != 1):
+        raise ValueError(f"value_head={value_head!r}: PopArt needs one value output, {value_head}.weight [1, H]; got "
+                         f"shape {tuple(weight.shape)}")
+
+
+def _check_data(c: MAMLConfig, data: IterationData, task_slice: slice | None, env: BatchedEnv) -> slice:
     """Validate an iteration's inputs; return the task slice as concrete ``start:stop``."""
     if not isinstance(data, IterationData):
         raise TypeError(f"data must be an IterationData (see MetaLearner.sample_iteration), got {type(data).__name__}")
     t = data.tasks
-    if (t.num_states, t.num_actions) != (c.num_states, c.num_actions):
-        raise ValueError(f"data.tasks must have num_states={c.num_states} and num_actions={c.num_actions} (the "
-                         f"config's), got num_states={t.num_states}, num_actions={t.num_actions}")
+    if isinstance(t, TaskBatch) and isinstance(env, TabularMDPFamily) and (t.num_states, t.num_actions) != (
+            env.num_states, env.num_actions):
+        raise ValueError(f"data.tasks must have num_states={env.num_states} and num_actions={env.num_actions} (the "
+                         f"environment's), got num_states={t.num_states}, num_actions={t.num_actions}")
     if len(data.noise_inner) != c.num_inner_steps:
         raise ValueError(f"data.noise_inner must hold one rollout noise per inner step ({c.num_inner_steps}), got "
                          f"{len(data.noise_inner)}")
-    n = t.num_tasks
+    n = num_tasks_of(t)
     if task_slice is None:
         return slice(0, n)
     if not isinstance(task_slice, slice):

@@ -42,7 +42,7 @@ from metaopt.popart._art import SigmaClipWarning, art, sigma_at_bound
 from metaopt.popart._head import PopArtHead
 from metaopt.popart._pop import normalize, pop, unnormalize
 from metaopt.popart._sgd import normalized_sgd_step
-from metaopt.popart._state import BATCH_RULES, DEFAULT_SIGMA_MAX, DEFAULT_SIGMA_MIN, PopArtState, init
+from metaopt.popart._state import BATCH_RULES, DEFAULT_SIGMA_MAX, DEFAULT_SIGMA_MIN, PopArtState, init, init_tasks
 
 __all__ = [
     "DEFAULT_SIGMA_MIN",
@@ -51,6 +51,7 @@ __all__ = [
     "PopArtState",
     "SigmaClipWarning",
     "init",
+    "init_tasks",
     "art",
     "sigma_at_bound",
     "pop",

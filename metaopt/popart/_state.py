@@ -11,7 +11,7 @@ from torch import Tensor
 
 from metaopt._validation import check_choice, check_finite, check_positive, check_positive_entries, is_concrete
 
-__all__ = ["DEFAULT_SIGMA_MIN", "DEFAULT_SIGMA_MAX", "BATCH_RULES", "PopArtState", "init"]
+__all__ = ["DEFAULT_SIGMA_MIN", "DEFAULT_SIGMA_MAX", "BATCH_RULES", "PopArtState", "init", "init_tasks"]
 
 #: Default lower bound of sigma (see the module docstring for the choice).
 DEFAULT_SIGMA_MIN = 1e-6
@@ -90,6 +90,36 @@ def init(
         torch.ones(num_outputs, dtype=dtype, device=device),
         torch.zeros(num_outputs, dtype=dtype, device=device),
     )
+
+
+def init_tasks(
+    num_tasks: int,
+    num_outputs: int = 1,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    like: Tensor | None = None,
+) -> PopArtState:
+    """Fresh per-task statistics for :func:`metaopt.engines.adapt_tasks`: :func:`init` stacked over tasks.
+
+    Every field is ``[num_tasks, num_outputs]`` (``mu = 0``, ``sigma = 1``, ``count = 0``), each task's row its own
+    memory, so a vmapped inner loop updates each task's statistics independently. (``init(n)`` is *one* task with
+    ``n`` outputs, ``[n]``, not this.)
+
+    Args:
+        num_tasks: Number of tasks (dim 0).
+        num_outputs: Outputs of the value head per task.
+        dtype: As in :func:`init`.
+        device: As in :func:`init`.
+        like: As in :func:`init`.
+
+    Returns:
+        A :class:`PopArtState` with fields of shape ``[num_tasks, num_outputs]``.
+    """
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+    one = init(num_outputs, dtype=dtype, device=device, like=like)
+    return PopArtState(*(t.expand(num_tasks, num_outputs).clone() for t in one))
 
 
 def _check_state(state: PopArtState, name: str = "state") -> None:

@@ -48,7 +48,10 @@ def _popart_problem(steps: int) -> tuple[nn.Module, InnerLoop, list[tuple[dict[s
         pred = functional_call(model, params, (batch["x"],))
         return 0.5 * ((pred - pa.normalize(state, batch["y"])) ** 2).mean()
 
-    spec = PopArtSpec("value.weight", "value.bias", targets=lambda params, batch, state: batch["y"])
+    # rlax's plain average and POP from the first step: a debiased first ART step (beta_1 = 1) would leave beta
+    # no meta-gradient at K = 1, and this check is about beta's.
+    spec = PopArtSpec("value.weight", "value.bias", targets=lambda params, batch, state: batch["y"], debias=False,
+                      first_pop=True)
     momentum = 0.5 if steps > 1 else 0.0
     return model, InnerLoop(loss, steps=steps, optimizer=sgd(momentum=momentum), popart=spec), tasks
 

@@ -141,7 +141,11 @@ def check_gradients(
     Raises:
         ValueError: no inputs, an input does not require grad or has no entries, ``eps <= 0``, ``rtol < 0``,
             ``max_elements < 1``, the objective is not a finite scalar, or it has no gradient path to the inputs.
+        TypeError: an input or the objective is not float64.
     """
+    hint = ("central differences need float64 (in float32 their round-off, ~1e-7 |f| / eps, swamps the "
+            "gradient): expected the model, meta-parameters and data in torch.float64 (e.g. model.double(), "
+            "MetaParameters(..., dtype=torch.float64))")
     check_real("eps", eps, low=0.0, low_open=True)
     check_real("rtol", rtol, low=0.0)
     check_int("max_elements", max_elements, low=1, allow_none=True)
@@ -152,9 +156,13 @@ def check_gradients(
             raise ValueError(f"inputs[{name!r}] must be a tensor that requires grad, got {type(t).__name__}")
         if t.numel() == 0:
             raise ValueError(f"inputs[{name!r}] must have at least one entry to compare, got shape {tuple(t.shape)}")
+        if t.dtype != torch.float64:
+            raise TypeError(f"inputs[{name!r}] must be float64, got dtype {t.dtype}; {hint}")
     value = objective()
     if not isinstance(value, Tensor) or value.numel() != 1 or not torch.isfinite(value).all():
         raise ValueError(f"objective() must return a finite scalar tensor, got {value!r}")
+    if value.dtype != torch.float64:
+        raise TypeError(f"objective() must return a float64 scalar, got dtype {value.dtype}; {hint}")
     if not value.requires_grad:
         raise ValueError(f"objective() must depend differentiably on the inputs {list(inputs)}, but its value has no "
                          "gradient path (it does not require grad: computed under no_grad, detached, or not from "

@@ -334,6 +334,7 @@ def sample_meta_gradients(
     for _ in range(repeats):
         start = time.perf_counter()
         traj = sim.rollout(policy, sim.draw_noise(n_traj, generator=gen))
+        assert traj.states is not None  # a TabularMDP rollout
         batches = []
         for n in range(problem.tasks.num_tasks):
             b = {"states": traj.states[:, n], "actions": traj.actions[:, n], "rewards": traj.rewards[:, n],

@@ -84,7 +84,7 @@ def _returns(learner: MetaLearner, tasks: TaskBatch, params: dict[str, torch.Ten
         logits = policy_logits(learner.model, num_states=s).to(torch.float64)
     else:
         logits = torch.func.vmap(lambda p: policy_logits(learner.model, p, num_states=s))(params).to(torch.float64)
-    return expected_return(t64, logits, horizon=learner.cfg.horizon)
+    return expected_return(t64, logits, horizon=learner.cfg.episode_length)
 
 
 def exact_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float, ...], *, trajectories: int,
@@ -119,9 +119,9 @@ def exact_limit_gains(learner: MetaLearner, base: TaskBatch, scales: tuple[float
     def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return policy_logits(model64, p, num_states=c.num_states)
 
-    post = exact_maml_return(logits, params, t64, lr=c.inner_lr, steps=c.num_inner_steps, horizon=c.horizon,
-                             inner_gamma=c.gamma, grad_scale=1.0 / c.horizon).detach()
-    pre = expected_return(t64, logits(params).detach(), horizon=c.horizon)
+    post = exact_maml_return(logits, params, t64, lr=c.inner_lr, steps=c.num_inner_steps, horizon=c.episode_length,
+                             inner_gamma=c.gamma, grad_scale=1.0 / c.episode_length).detach()
+    pre = expected_return(t64, logits(params).detach(), horizon=c.episode_length)
     return ((post - pre) / t64.scales).view(len(scales), base.num_tasks)
 
 
@@ -141,10 +141,10 @@ def _train_exact(learner: MetaLearner) -> list[dict[str, Any]]:
     for i in range(c.iterations):
         tasks = learner.sample_tasks(c.tasks).to(dtype=c.torch_dtype)
         params = dict(learner.model.named_parameters())
-        post = exact_maml_return(logits, params, tasks, lr=c.inner_lr, steps=c.num_inner_steps, horizon=c.horizon,
-                                 inner_gamma=c.gamma, grad_scale=1.0 / c.horizon)
+        post = exact_maml_return(logits, params, tasks, lr=c.inner_lr, steps=c.num_inner_steps,
+                                 horizon=c.episode_length, inner_gamma=c.gamma, grad_scale=1.0 / c.episode_length)
         opt.zero_grad(set_to_none=True)
-        (-post.sum() / c.horizon).backward()
+        (-post.sum() / c.episode_length).backward()
         opt.step()
         learner.iteration += 1
         if (i + 1) % max(1, c.iterations // 10) == 0:
