@@ -81,7 +81,8 @@ def run(args: Args, log: bool = True) -> list[dict[str, float]]:
     task = sample_tasks(1, seed=args.seed, dtype=torch.float32)
     model = rl.ActorCritic(hidden=args.hidden)
     cfg = rl.A2CConfig()
-    inner = rl.make_inner_loop(model, popart=True, steps=args.truncation, cfg=cfg)
+    inner = rl.make_inner_loop(model, popart=True, steps=args.truncation, cfg=cfg, debias=False,
+                               first_pop=True)
 
     def meta_loss(p: dict[str, torch.Tensor], batch: rl.Batch, s: pa.PopArtState | None) -> torch.Tensor:
         terms = rl.a2c_terms(model, p, batch, s, cfg, value_units="sg_scale")  # real units over sg(sigma)

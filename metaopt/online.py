@@ -79,7 +79,7 @@ Example:
     >>> def meta_loss(p, batch, s):
     ...     pred = popart.unnormalize(s, torch.func.functional_call(net, p, (batch[0],)).squeeze(-1))
     ...     return scaled_error(pred, batch[1], s.sigma, huber=1.0).mean()
-    >>> spec = PopArtSpec("weight", "bias", targets=lambda p, batch, s: batch[1])
+    >>> spec = PopArtSpec("weight", "bias", targets=lambda p, batch, s: batch[1], debias=False, first_pop=True)
     >>> learner = OnlineMetaLearner(net, InnerLoop(inner_loss, steps=2, popart=spec),
     ...     MetaParameters(lr=0.1, beta=0.1, learn=("lr", "beta"), dtype=torch.float64), meta_loss,
     ...     popart_state=popart.init(1, like=net.weight))

@@ -359,8 +359,9 @@ def returns_targets(
     bootstrap): otherwise ``mu = 0, sigma = 1`` would read the initial head's raw output as a return and, for a
     task with small rewards, the bootstrap would dominate the first scale estimate.
     """
-    with torch.no_grad():  # sg(n): record no graph for the network's part of the bootstrap
+    with torch.no_grad():  # record no graph for the network's part of the bootstrap
         _, n, n_last = _forward(model, params, batch, values_only=True)
+    n, n_last = n.detach(), n_last.detach()  # sg(n) for forward-mode AD too (no_grad stops only backward mode)
     if state is None:
         return lambda_returns(batch["rewards"], n, n_last, batch["dones"], cfg.gamma, cfg.lam)
     v, v_last = pa.unnormalize(state, n), pa.unnormalize(state, n_last)

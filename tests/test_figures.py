@@ -66,3 +66,14 @@ def test_checker_refuses_a_marker_after_no_number_and_a_missing_key(page):
     page.write_text("1.0<!-- fig: r.json#s.nope .2f -->\n")
     with pytest.raises(KeyError, match="nope"):
         _ = F.figures(page)[0].expected
+
+
+@pytest.mark.parametrize("generated", ["benchmarks/results/online_fig1a.md", "benchmarks/results/online_a2c.md"])
+def test_readme_copies_generated_tables_verbatim(generated):
+    # The README repeats these commands' generated tables (the docs include the files themselves): every table row of
+    # the file must appear unchanged in the README, so a re-run that changes a number fails until the README follows.
+    readme = (F.ROOT / "README.md").read_text().splitlines()
+    rows = [line for line in (F.ROOT / generated).read_text().splitlines() if line.startswith("|")]
+    assert rows, generated
+    missing = [row for row in rows if row not in readme]
+    assert not missing, f"README.md lacks {len(missing)} row(s) of {generated}, first: {missing[0]}"

@@ -61,7 +61,8 @@ def _problem(model: Net, scale: float | None = 10.0):
         pred = pa.unnormalize(s, functional_call(model, p, (batch[0],)))
         return scaled_error(pred, batch[1], s.sigma if scale is None else scale).mean()
 
-    spec = PopArtSpec("head.weight", "head.bias", targets=lambda p, batch, s: batch[1])
+    spec = PopArtSpec("head.weight", "head.bias", targets=lambda p, batch, s: batch[1], debias=False,
+                      first_pop=True)
     return inner_loss, meta_loss, spec
 
 
@@ -499,7 +500,8 @@ def _a2c_setup(steps: int):
         terms = rl.a2c_terms(model, p, batch, s, cfg, value_units="sg_scale")
         return terms.policy + 0.5 * terms.value
 
-    return model, rl.make_inner_loop(model, popart=True, steps=3, cfg=cfg), meta_loss, batches
+    inner = rl.make_inner_loop(model, popart=True, steps=3, cfg=cfg, debias=False, first_pop=True)
+    return model, inner, meta_loss, batches
 
 
 def test_a2c_online_engines_agree_and_forward_mode_is_the_full_gradient():

@@ -150,7 +150,8 @@ def simulate_online(
         pred = pa.unnormalize(s, predict(p, batch[0]))
         return scaled_error(pred, batch[1].reshape(1), scale, huber=online.huber).sum()
 
-    spec = PopArtSpec(head_w, head_b, targets=lambda p, batch, s: batch[1].reshape(1))
+    spec = PopArtSpec(head_w, head_b, targets=lambda p, batch, s: batch[1].reshape(1), debias=False,
+                      first_pop=True)
     meta = MetaParameters(lr=lr, beta=beta, learn=online.learn, dtype=dtype)
     state = pa.PopArtState(*(t.reshape(seeds, 1) for t in pa.init(seeds, dtype=dtype)))
     learner = OnlineMetaLearner(model, InnerLoop(inner_loss, steps=online.truncation, popart=spec), meta, meta_loss,
