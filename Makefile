@@ -51,6 +51,8 @@ smoke: $(STAMP)
 	$(BIN)/metaopt --help > /dev/null
 	$(BIN)/metaopt popart-regression --seeds 2 --steps 300 --out runs/smoke/fig1a --no-plot --overwrite
 	$(BIN)/metaopt maml-rl --preset smoke --out runs/smoke/maml --no-progress --overwrite
+	$(BIN)/metaopt maml-rl --preset smoke --env pointnav2d --scaled --horizon 10 --out runs/smoke/pointnav --no-progress --overwrite
+	$(BIN)/metaopt popart-regression --seeds 2 --steps 100 --methods popart --learn beta,lr --out runs/smoke/online --no-plot --overwrite
 	$(BIN)/metaopt verify --checks torchopt-toy,higher-toy
 	$(BIN)/python benchmarks/run.py --quick --out runs/smoke/bench
 	$(BIN)/metaopt study --quick --out runs/smoke/study

@@ -41,7 +41,7 @@ def plot_run(out: Path, train_rows: list[dict[str, Any]], eval_rows: list[dict[s
         ax.plot(ei, [r[f"test_post_return{suffix}"] for r in eval_rows], "o--", color="tab:orange", label="test post")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(label)
-    ax.set_title(f"MAML-A2C on TabularMDP ({'PopArt' if cfg.popart else 'no PopArt'}, engine={cfg.engine}, "
+    ax.set_title(f"MAML-A2C on {cfg.env} ({'PopArt' if cfg.popart else 'no PopArt'}, engine={cfg.engine}, "
                  f"K={cfg.inner_steps})")
     ax.legend()
     ax.grid(alpha=0.3)
