@@ -150,11 +150,11 @@ def memory_lower_bound(cfg: MAMLConfig) -> int:
     """
     s, a, h, k = cfg.num_states, cfg.num_actions, cfg.hidden, cfg.num_inner_steps
     params = s * h + h + h * h + h + h * a + a + h + 1
-    per_task = k * params + s * a * s + s * a + 3 * (k + 1) * cfg.trajectories * cfg.horizon
+    per_task = k * params + s * a * s + s * a + 3 * (k + 1) * cfg.trajectories * cfg.episode_length
     item = 8 if cfg.dtype == "float64" else 4
     return item * (4 * params + cfg.tasks * per_task + cfg.eval_tasks * (s * a * s + s * a
                                                                           + 3 * (k + 1) * cfg.trajectories
-                                                                          * cfg.horizon))
+                                                                          * cfg.episode_length))
 
 
 def check_memory(cfg: MAMLConfig, *, names: dict[str, str] | None = None) -> None:
