@@ -136,8 +136,9 @@ def _split_gaussian(out: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     return mean, log_std
 
 
-#: The shared instances (stateless).
+#: The shared categorical distribution (stateless): a model's ``distribution`` for discrete actions.
 CATEGORICAL = Categorical()
+#: The shared diagonal Gaussian distribution (stateless): a model's ``distribution`` for continuous actions.
 DIAG_GAUSSIAN = DiagGaussian()
 
 

@@ -81,7 +81,9 @@ ENV_ID = "metaopt/TabularMDP-v0"
 #: Gymnasium id of the scaled variant (each task's rewards multiplied by its scale c).
 SCALED_ENV_ID = "metaopt/ScaledTabularMDP-v0"
 _ENTRY_POINT = "metaopt.envs.tabular_mdp:TabularMDPEnv"
+#: Gymnasium id of 2D navigation (``gymnasium.make(POINTNAV_ENV_ID)``).
 POINTNAV_ENV_ID = "metaopt/PointNav2D-v0"
+#: Gymnasium id of scaled 2D navigation (each task's rewards multiplied by its scale c).
 SCALED_POINTNAV_ENV_ID = "metaopt/ScaledPointNav2D-v0"
 _POINTNAV_ENTRY_POINT = "metaopt.envs.pointnav:PointNav2DEnv"
 
