@@ -185,7 +185,7 @@ def art_sensitivity(
     Returns:
         ``(new_state, (dmu', dsigma'))``.
     """
-    state = pa.PopArtState(*(t.detach() for t in state))
+    state = state.detach()
     targets, beta = targets.detach(), beta.detach()
     count = state.count
 
@@ -330,7 +330,7 @@ class OnlineMetaLearner:
         #: Current weights (detached values between windows).
         self.params: Params = {n: start[n].detach() for n in names}
         #: Current PopArt statistics (``None`` without PopArt).
-        self.popart_state = None if popart_state is None else pa.PopArtState(*(t.detach() for t in popart_state))
+        self.popart_state = None if popart_state is None else popart_state.detach()
         #: Current inner-optimizer state.
         self.opt_state: InnerOptState = inner_optim.init_state()
         #: Carried ``(dmu/dbeta, dsigma/dbeta)`` of the statistics.

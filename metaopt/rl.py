@@ -435,7 +435,7 @@ def a2c_terms(
         values, fixed, fixed_last = n, n.detach(), n_last.detach()
     else:
         values = pa.unnormalize(state, n)
-        stats = state if statistics_gradient else _detach_state(state)
+        stats = state if statistics_gradient else state.detach()
         fixed, fixed_last = pa.unnormalize(stats, n.detach()), pa.unnormalize(stats, n_last.detach())
     returns = lambda_returns(batch["rewards"], fixed, fixed_last, batch["dones"], cfg.gamma, cfg.lam)
     if state is None:
@@ -458,10 +458,6 @@ def a2c_terms(
         policy = estimators.policy_loss(cfg.estimator, logp, r, batch["dones"], v, gamma=cfg.gamma,
                                         lam=1.0 if cfg.estimator == "dice" else cfg.lam, last_values=v_last)
     return A2CTerms(policy, (adv_value**2).mean())
-
-
-def _detach_state(state: pa.PopArtState) -> pa.PopArtState:
-    return pa.PopArtState(*(t.detach() for t in state))
 
 
 def a2c_loss(

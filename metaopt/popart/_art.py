@@ -168,7 +168,7 @@ def art(
     if is_concrete(sigma_new):
         _warn_if_clipped(new, touched, sigma_min, sigma_max)
     if stop_gradient:
-        new = PopArtState(*(t.detach() for t in new))
+        new = new.detach()
     return new
 
 

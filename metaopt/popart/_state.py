@@ -43,6 +43,10 @@ class PopArtState(NamedTuple):
         """Number of independent statistics (outputs or tasks)."""
         return self.mu.shape[-1]
 
+    def detach(self) -> PopArtState:
+        """The same statistics with no gradient (``stop_gradient`` of every field)."""
+        return PopArtState(*(t.detach() for t in self))
+
 
 def init(
     num_outputs: int = 1,
