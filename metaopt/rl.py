@@ -21,6 +21,7 @@ from metaopt import popart as pa
 from metaopt._validation import check_bool, check_choice, check_real
 from metaopt.engines import InnerLoop, PopArtSpec
 from metaopt.envs import Trajectories
+from metaopt.envs.batched import inverse_cdf
 from metaopt.inner_optim import InnerOptimizer, sgd
 
 __all__ = [
@@ -96,9 +97,7 @@ class Categorical:
 
     def sample(self, out: Tensor, noise: Tensor) -> Tensor:
         """Inverse-CDF sample with uniforms ``noise [...]``."""
-        cdf = torch.softmax(out.to(noise.dtype), dim=-1).cumsum(dim=-1).contiguous()
-        index = torch.searchsorted(cdf, noise.unsqueeze(-1).contiguous()).squeeze(-1)
-        return index.clamp_(max=cdf.shape[-1] - 1)
+        return inverse_cdf(torch.softmax(out.to(noise.dtype), dim=-1).cumsum(dim=-1).contiguous(), noise)
 
 
 class DiagGaussian:

@@ -129,7 +129,7 @@ def draw_noise(
     return RolloutNoise(action_u, transition_u, reward_z)
 
 
-def _sample(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling, the one rule for states and actions: the number of CDF entries ``< u``.
 
     ``cdf`` is ``[..., K]`` (cumulative probabilities), ``u`` ``[...]`` uniforms; the index is clamped to
@@ -255,7 +255,7 @@ class BatchedTabularMDP:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Next state and reward for ``[N, B]`` states/actions with uniforms ``u`` and normals ``z``."""
         cdf = self._transition_cdf[task_idx, state, action]  # [N, B, S]
-        next_state = _sample(cdf, u)
+        next_state = inverse_cdf(cdf, u)
         reward = self.tasks.scales[:, None] * (self.tasks.reward_means[task_idx, state, action] + z)
         return next_state, reward
 
@@ -320,7 +320,7 @@ class BatchedTabularMDP:
                 )
             probs = torch.softmax(logits.to(self.dtype), dim=-1)
             cdf = probs.cumsum(dim=-1).contiguous()
-            return _sample(cdf, action_u[t])
+            return inverse_cdf(cdf, action_u[t])
 
         return self._run(noise, choose)
 
@@ -374,7 +374,7 @@ class BatchedTabularMDP:
         task_idx = torch.arange(n, device=self.device)[:, None]
 
         def choose(t: int, state: torch.Tensor) -> torch.Tensor:
-            return _sample(cdf[task_idx, state], action_u[t])  # CDFs [N, B, A]
+            return inverse_cdf(cdf[task_idx, state], action_u[t])  # CDFs [N, B, A]
 
         return self._run(noise, choose)
 
