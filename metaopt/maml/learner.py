@@ -51,7 +51,7 @@ from metaopt.envs import (
 from metaopt.inner_optim import InnerOptimizer
 from metaopt.maml.checks import PER_TASK, check_finite, nonfinite_gradient_tasks
 from metaopt.maml.config import MAMLConfig
-from metaopt.maml.parts import routed_meta_gradient
+from metaopt.maml.parts import meta_parameter_role, routed_meta_gradient
 from metaopt.meta_params import MetaParameters
 from metaopt.rl import (
     A2CConfig,
@@ -408,12 +408,11 @@ class MetaLearner:
              "train_pre_return": float(r["pre_return"].mean()), "train_post_return": float(r["post_return"].mean()),
              "time_s": seconds} | self.meta.summary() | self.health()
         if grads is not None:
-            named = dict(zip([n for n, _ in self.named_parameters()], grads, strict=True))
-            lr = [float(g.sum()) for n, g in named.items() if n.startswith("meta.log_lr")]
-            if "lr" in self.cfg.learn and lr:
-                m["grad_log_lr"] = sum(lr)
-            if "meta.logit_beta" in named:
-                m["grad_logit_beta"] = float(named["meta.logit_beta"])
+            meta_grads = grads[len(list(self.model.parameters())):]
+            roles = [meta_parameter_role(n) for n, _ in self.meta.named_parameters()]
+            for role, key in (("lr", "grad_log_lr"), ("beta", "grad_logit_beta")):
+                if role in roles:
+                    m[key] = sum(float(g.sum()) for r_, g in zip(roles, meta_grads, strict=True) if r_ == role)
         if self.cfg.scaled:
             m["train_pre_return_norm"] = float((r["pre_return"] / r["scales"]).mean())
             m["train_post_return_norm"] = float((r["post_return"] / r["scales"]).mean())
