@@ -8,7 +8,9 @@ import pytest
 
 from metaopt.cli import main
 from metaopt.envs import sample_tasks
-from metaopt.experiments.study import QUICK, RunSpec, StudySettings, exact_gains, execute, run_study, t_interval
+from metaopt.experiments.study import (
+    QUICK, RunSpec, StudySettings, build_runs, exact_gains, execute, run_study, t_interval,
+)
 from metaopt.experiments.study._report import targets
 from metaopt.maml import MAMLConfig, MetaLearner
 
@@ -84,3 +86,26 @@ def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys):
     assert "--seeds must be an int >= 1, got 0" in capsys.readouterr().err and not out.exists()
     assert main(["study", "--quick", "--betas", "0.5,1.5", "--out", str(out)]) == 2
     assert "--betas must be a non-empty comma list of numbers in (0, 1)" in capsys.readouterr().err
+
+
+def test_beta_part_runs_each_statistics_schedule_as_its_own_regime():
+    s = StudySettings(**(QUICK | {"parts": ("beta",), "beta_statistics": ("debiased", "constant")}))
+    runs = build_runs(s)
+    by_method = {}
+    for r in runs:
+        by_method.setdefault(r.method, set()).add(r.config["debias"])
+    assert by_method == {"fixed-beta-K2-T4": {True}, "learned-beta-K2-T4": {True},
+                         "learned-beta-shared-lr-K2-T4": {True}, "fixed-beta-K2-T4-constant": {False},
+                         "learned-beta-K2-T4-constant": {False}, "learned-beta-shared-lr-K2-T4-constant": {False}}
+    # the default keeps the recommended (debiased) statistics only, with the method names of the committed study
+    assert {r.method for r in build_runs(StudySettings(**(QUICK | {"parts": ("beta",)})))} == {
+        "fixed-beta-K2-T4", "learned-beta-K2-T4", "learned-beta-shared-lr-K2-T4"}
+
+
+def test_empty_or_unknown_statistics_schedule_exits_2(tmp_path, capsys):
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--quick", "--parts", "beta", "--beta-statistics", "sometimes", "--out", str(out)])
+    assert exc.value.code == 2 and "got 'sometimes'" in capsys.readouterr().err and not out.exists()
+    assert main(["study", "--quick", "--parts", "beta", "--beta-statistics", "none", "--out", str(out)]) == 2
+    assert "--beta-statistics must name at least one of" in capsys.readouterr().err and not out.exists()

@@ -29,7 +29,7 @@ from typing import Any
 from metaopt._validation import check_int
 from metaopt.artifacts import check_outputs, write_json, write_text
 from metaopt.dataclass_args import add_dataclass_arguments, dataclass_flags, dataclass_overrides
-from metaopt.experiments.study._parts import PARTS, QUICK, StudySettings, build_runs
+from metaopt.experiments.study._parts import PARTS, QUICK, STATISTICS, StudySettings, build_runs
 from metaopt.experiments.study._report import aggregate, markdown, plot, targets
 from metaopt.experiments.study._runs import RunSpec, exact_gains, execute, t_interval
 
@@ -53,6 +53,8 @@ def _check(s: StudySettings) -> StudySettings:
             raise ValueError(f"{FLAGS[name]} must be a non-empty comma list of positive numbers, got {values!r}")
     if not s.betas or any(not 0 < b < 1 for b in s.betas):
         raise ValueError(f"{FLAGS['betas']} must be a non-empty comma list of numbers in (0, 1), got {s.betas!r}")
+    if not s.beta_statistics:
+        raise ValueError(f"{FLAGS['beta_statistics']} must name at least one of {STATISTICS}, got none")
     if not s.parts:
         raise ValueError(f"{FLAGS['parts']} must name at least one of {PARTS}, got none")
     check_outputs(Path(s.out), plot=s.plot)  # the plots come after every run: check matplotlib first

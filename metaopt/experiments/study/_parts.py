@@ -18,6 +18,10 @@
   each of ``betas`` against a learned ``beta`` (a per-parameter ``lr`` learned in every run); and, at the first
   ``K`` and the last batch size (the demo's), the learned-beta run with one shared ``lr`` (the configuration whose
   network died). Every run records its per-iteration meta-gradients of ``logit_beta`` and ``log_lr`` (their signal).
+  Each regime runs with each statistics schedule of ``beta_statistics``: ``debiased`` (the recommended default,
+  ``beta_t = beta / (1 - (1 - beta)^t)``: the first ART step sets the statistics to the first batch's) or
+  ``constant`` (PopArt's Algorithm 1 as published: the statistics start at ``mu = 0, nu = 1`` and move by a constant
+  ``beta``; the method names carry ``-constant``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
 #: The study's parts, in the order they run (``--parts``).
 PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
+#: Statistics schedules of the beta part: the ``debias`` value of each, and the suffix of its method names.
+STATISTICS = ("debiased", "constant")
+_STATISTICS = {"debiased": (True, ""), "constant": (False, "-constant")}
 
 
 @dataclass
@@ -58,6 +65,8 @@ class StudySettings:
         betas: Fixed PopArt step sizes compared with a learned beta in the beta part.
         beta_steps: Inner steps K of the beta part (each one regime).
         beta_trajectories: Episodes per inner step in the beta part (each one regime).
+        beta_statistics: Statistics schedules of the beta part (each one regime): debiased (the recommended
+            default) or constant (Algorithm 1's constant beta from mu = 0, nu = 1).
         eval_tasks: Fixed test tasks (the same for every run).
         eval_repeats: Adaptations per test task in the evaluation (averaged).
         workers: Runs trained in parallel (one process each, one torch thread each).
@@ -86,6 +95,7 @@ class StudySettings:
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 0.6, 0.9)
     beta_steps: tuple[int, ...] = (2, 5)
     beta_trajectories: tuple[int, ...] = (5, 20)
+    beta_statistics: tuple[str, ...] = field(default=("debiased",), metadata={"choices": STATISTICS})
     eval_tasks: int = 40
     eval_repeats: int = 4
     workers: int = 2
@@ -141,16 +151,19 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
                 s.seeds)
     if "beta" in s.parts:
         per = popart | {"lr_per_parameter": True}
-        for steps in s.beta_steps:
-            for traj in s.beta_trajectories:
-                k = scaled | {"inner_steps": steps, "trajectories": traj}
-                tag = f"K{steps}-T{traj}"
-                for b in s.betas:
-                    add("beta", f"fixed-beta-{tag}", b, k | per | {"learn": ("lr",), "beta": b}, s.scales, s.seeds)
-                add("beta", f"learned-beta-{tag}", None, k | per, s.scales, s.seeds)
-        k = scaled | {"inner_steps": s.beta_steps[0], "trajectories": s.beta_trajectories[-1]}
-        add("beta", f"learned-beta-shared-lr-K{s.beta_steps[0]}-T{s.beta_trajectories[-1]}", None, k | popart,
-            s.scales, s.seeds)
+        for stats in s.beta_statistics:
+            debias, suffix = _STATISTICS[stats]
+            for steps in s.beta_steps:
+                for traj in s.beta_trajectories:
+                    k = scaled | {"inner_steps": steps, "trajectories": traj, "debias": debias}
+                    tag = f"K{steps}-T{traj}{suffix}"
+                    for b in s.betas:
+                        add("beta", f"fixed-beta-{tag}", b, k | per | {"learn": ("lr",), "beta": b}, s.scales,
+                            s.seeds)
+                    add("beta", f"learned-beta-{tag}", None, k | per, s.scales, s.seeds)
+            k = scaled | {"inner_steps": s.beta_steps[0], "trajectories": s.beta_trajectories[-1], "debias": debias}
+            add("beta", f"learned-beta-shared-lr-K{s.beta_steps[0]}-T{s.beta_trajectories[-1]}{suffix}", None,
+                k | popart, s.scales, s.seeds)
     if "ablation" in s.parts:
         rec = scaled | popart | {"inner_steps": s.inner_steps}
         for name, change in (("no-debias", {"debias": False}), ("first-pop", {"first_pop": True}),
