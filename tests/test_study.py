@@ -9,7 +9,14 @@ import pytest
 from metaopt.cli import main
 from metaopt.envs import sample_tasks
 from metaopt.experiments.study import (
-    QUICK, RunSpec, StudySettings, build_runs, exact_gains, execute, run_study, t_interval,
+    QUICK,
+    RunSpec,
+    StudySettings,
+    build_runs,
+    exact_gains,
+    execute,
+    run_study,
+    t_interval,
 )
 from metaopt.experiments.study._report import targets
 from metaopt.maml import MAMLConfig, MetaLearner
