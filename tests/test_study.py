@@ -116,3 +116,13 @@ def test_empty_or_unknown_statistics_schedule_exits_2(tmp_path, capsys):
     assert exc.value.code == 2 and "got 'sometimes'" in capsys.readouterr().err and not out.exists()
     assert main(["study", "--quick", "--parts", "beta", "--beta-statistics", "none", "--out", str(out)]) == 2
     assert "--beta-statistics must name at least one of" in capsys.readouterr().err and not out.exists()
+
+
+def test_learned_beta_starts_are_their_own_methods_and_bad_starts_exit_2(tmp_path, capsys):
+    s = StudySettings(**(QUICK | {"parts": ("beta",), "beta_starts": (0.1, 0.9)}))
+    learned = {(r.method, r.config["beta"]) for r in build_runs(s) if r.method.startswith("learned-beta-K")}
+    assert learned == {("learned-beta-K2-T4", 0.1), ("learned-beta-K2-T4-from0.9", 0.9)}
+    out = tmp_path / "study"
+    assert main(["study", "--quick", "--parts", "beta", "--beta-starts", "0.9,1", "--out", str(out)]) == 2
+    assert "--beta-starts must be a non-empty comma list of numbers in (0, 1)" in capsys.readouterr().err
+    assert not out.exists()

@@ -53,6 +53,9 @@ def _check(s: StudySettings) -> StudySettings:
             raise ValueError(f"{FLAGS[name]} must be a non-empty comma list of positive numbers, got {values!r}")
     if not s.betas or any(not 0 < b < 1 for b in s.betas):
         raise ValueError(f"{FLAGS['betas']} must be a non-empty comma list of numbers in (0, 1), got {s.betas!r}")
+    if not s.beta_starts or any(not 0 < b < 1 for b in s.beta_starts):
+        raise ValueError(f"{FLAGS['beta_starts']} must be a non-empty comma list of numbers in (0, 1), "
+                         f"got {s.beta_starts!r}")
     if not s.beta_statistics:
         raise ValueError(f"{FLAGS['beta_statistics']} must name at least one of {STATISTICS}, got none")
     if not s.parts:

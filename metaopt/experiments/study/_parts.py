@@ -38,6 +38,8 @@ PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
 #: Statistics schedules of the beta part: the ``debias`` value of each, and the suffix of its method names.
 STATISTICS = ("debiased", "constant")
 _STATISTICS = {"debiased": (True, ""), "constant": (False, "-constant")}
+#: MAMLConfig's initial beta: the learned-beta runs that start there keep their names without ``-from``.
+DEFAULT_BETA = 0.1
 
 
 @dataclass
@@ -67,6 +69,8 @@ class StudySettings:
         beta_trajectories: Episodes per inner step in the beta part (each one regime).
         beta_statistics: Statistics schedules of the beta part (each one regime): debiased (the recommended
             default) or constant (Algorithm 1's constant beta from mu = 0, nu = 1).
+        beta_starts: Initial betas of the beta part's learned-beta runs (each its own method; a start other than
+            0.1, MAMLConfig's default, appends -from<start> to the method's name).
         eval_tasks: Fixed test tasks (the same for every run).
         eval_repeats: Adaptations per test task in the evaluation (averaged).
         workers: Runs trained in parallel (one process each, one torch thread each).
@@ -96,6 +100,7 @@ class StudySettings:
     beta_steps: tuple[int, ...] = (2, 5)
     beta_trajectories: tuple[int, ...] = (5, 20)
     beta_statistics: tuple[str, ...] = field(default=("debiased",), metadata={"choices": STATISTICS})
+    beta_starts: tuple[float, ...] = (0.1,)
     eval_tasks: int = 40
     eval_repeats: int = 4
     workers: int = 2
@@ -160,7 +165,9 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
                     for b in s.betas:
                         add("beta", f"fixed-beta-{tag}", b, k | per | {"learn": ("lr",), "beta": b}, s.scales,
                             s.seeds)
-                    add("beta", f"learned-beta-{tag}", None, k | per, s.scales, s.seeds)
+                    for start in s.beta_starts:
+                        name = f"learned-beta-{tag}" + ("" if start == DEFAULT_BETA else f"-from{start:g}")
+                        add("beta", name, None, k | per | {"beta": start}, s.scales, s.seeds)
             k = scaled | {"inner_steps": s.beta_steps[0], "trajectories": s.beta_trajectories[-1], "debias": debias}
             add("beta", f"learned-beta-shared-lr-K{s.beta_steps[0]}-T{s.beta_trajectories[-1]}{suffix}", None,
                 k | popart, s.scales, s.seeds)

@@ -82,15 +82,18 @@ def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str
     return out
 
 
-def _paired(rows: list[dict[str, Any]], tag: str) -> dict[float | None, tuple[float, float]]:
+def _paired(rows: list[dict[str, Any]], tag: str, learned_method: str | None = None
+            ) -> dict[float | None, tuple[float, float]]:
     """Each fixed beta's (and the learned beta's) gain minus the same seed's mean over the fixed-beta grid.
+
+    The learned row (key ``None``) is ``learned-beta-<tag>``, or ``learned_method`` (e.g. a ``-from0.9`` start).
 
     Seeds share theta_0's initialization and the task stream across the grid, so the paired difference removes the
     seed-to-seed spread of meta-training that dominates the unpaired intervals.
     """
     grid = [r for r in rows if r["method"] == f"fixed-beta-{tag}" and r.get("seed_gains")]
     seeds = set.intersection(*(set(r["seed_gains"]) for r in grid)) if grid else set()
-    learned = _one(rows, f"learned-beta-{tag}")
+    learned = _one(rows, learned_method or f"learned-beta-{tag}")
     if learned and learned.get("seed_gains"):
         seeds &= set(learned["seed_gains"])
     if len(seeds) < 2:
@@ -309,6 +312,13 @@ def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
                 lm, lh = paired[None]
                 ax.errorbar([statistics.fmean(learned_row["beta"])], [lm], yerr=[0 if math.isnan(lh) else lh],
                             marker="*", ms=14, color="tab:red", capsize=3, label="learned (x = final beta)")
+            starts = sorted(r["method"] for r in beta_rows if r["method"].startswith(f"learned-beta-{tag}-from"))
+            for method, color in zip(starts, ("tab:purple", "tab:green", "tab:brown"), strict=False):
+                row, other = _one(beta_rows, method), _paired(beta_rows, tag, method).get(None)
+                if row and other:
+                    ax.errorbar([statistics.fmean(row["beta"])], [other[0]], capsize=3, marker="*", ms=14,
+                                yerr=[0 if math.isnan(other[1]) else other[1]], color=color,
+                                label=f"learned {method.removeprefix(f'learned-beta-{tag}-')}")
             ax.axhline(0.0, color="gray", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("beta")
