@@ -191,8 +191,14 @@ def test_cli_writes_all_artifacts(tmp_path):
         assert all(torch.isfinite(torch.tensor(float(r[key]))) for r in rows), key
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["popart"] is True and cfg["learn"] == ["beta", "lr"] and cfg["scaled"] is True
-    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = metrics["summary"]
     assert summary["status"] == "completed" and "adaptation_gain_norm" in summary
+    # beta's meta-gradient signal over the run's own rows (here 3 iterations: the first 10 are all of them)
+    g_beta = [abs(r["grad_logit_beta"]) for r in metrics["train"]]
+    g_lr = [abs(r["grad_log_lr"]) for r in metrics["train"]]
+    assert summary["beta_grad_ratio_first10"] == pytest.approx(sorted(g_beta)[1] / sorted(g_lr)[1], rel=1e-12)
+    assert summary["beta_grad_zeros"] == sum(g == 0.0 for g in g_beta) and "beta_grad_t_first50" in summary
 
 
 @pytest.mark.parametrize("estimator", ["dice", "lvc"])

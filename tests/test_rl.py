@@ -9,7 +9,8 @@ import torch
 from torch.func import functional_call
 
 from metaopt import popart as pa
-from metaopt.maml import COLLAPSED_SPREAD, MAMLConfig, MetaLearner, PolicyCollapseWarning
+from metaopt.experiments.maml_rl import PRESETS
+from metaopt.maml import COLLAPSED_SPREAD, MAMLConfig, MetaLearner, PolicyCollapseWarning, gradient_signal
 from metaopt.rl import (
     A2CConfig,
     ActorCritic,
@@ -216,3 +217,25 @@ def test_metrics_report_the_meta_parameters_gradients():
     assert len(lrs) == len(list(learner.model.parameters()))
     assert m["grad_log_lr"] == sum(float(g) for g in lrs)
     assert m["grad_logit_beta"] == float(named["meta.logit_beta"]) != 0.0
+
+
+def test_gradient_signal_against_hand_values():
+    sig = gradient_signal([1.0, 2.0, 3.0], [10.0, -20.0, 30.0])
+    assert math.isclose(sig["t"], 2.0 / (1.0 / math.sqrt(3.0)), rel_tol=1e-12)  # mean 2, sd 1, n 3
+    assert sig["positive"] == 1.0 and math.isclose(sig["ratio"], 2.0 / 20.0) and sig["zeros"] == 0.0
+    flat = gradient_signal([0.0, 0.0, -1.0], [0.0, 0.0, 0.0])
+    assert flat["zeros"] == 2.0 and math.isnan(flat["ratio"]) and flat["positive"] == 0.0
+
+
+def test_demo_statistics_give_beta_a_meta_gradient_the_debiased_ones_do_not():
+    """Issue 18's size criterion, on a small budget: with the demo's constant-beta statistics (beta from 0.9) the
+    median |d/dlogit beta| is >= 1% of the median |d/dlog lr| over the first 10 iterations; with the debiased
+    statistics from beta = 0.1 (the old demo) it is more than ten times smaller."""
+    small = {"tasks": 8, "trajectories": 8, "iterations": 10, "seed": 0, "eval_tasks": 2}
+    ratios = {}
+    for name, over in (("demo", {}), ("debiased", {"debias": True, "beta": 0.1})):
+        learner = MetaLearner(MAMLConfig(**(PRESETS["demo"] | small | over)).validate())
+        rows = [learner.step() for _ in range(10)]
+        assert all(r["grad_logit_beta"] != 0.0 for r in rows)
+        ratios[name] = gradient_signal([r["grad_logit_beta"] for r in rows], [r["grad_log_lr"] for r in rows])["ratio"]
+    assert ratios["demo"] >= 0.01 and ratios["demo"] > 10 * ratios["debiased"], ratios

@@ -50,7 +50,14 @@ from metaopt.artifacts import (
     write_json,
 )
 from metaopt.dataclass_args import ArgumentParser, add_dataclass_arguments, dataclass_flags, dataclass_overrides
-from metaopt.maml import MAMLConfig, MetaLearner, NonFiniteError, check_finite, nonfinite_gradient_tasks
+from metaopt.maml import (
+    MAMLConfig,
+    MetaLearner,
+    NonFiniteError,
+    check_finite,
+    gradient_signal,
+    nonfinite_gradient_tasks,
+)
 
 __all__ = ["PRESETS", "CHECKPOINT", "ARTIFACTS", "add_arguments", "run", "train", "config_from_args",
            "TrainResult", "RunFault", "atomic_write", "save_checkpoint", "load_checkpoint", "format_summary",
@@ -60,11 +67,13 @@ __all__ = ["PRESETS", "CHECKPOINT", "ARTIFACTS", "add_arguments", "run", "train"
 PRESETS: dict[str, dict[str, Any]] = {
     # TorchOpt's MAML-RL example: 40 tasks x 20 trajectories, 500 iterations, inner lr 0.1, no PopArt.
     "reference": {},
-    # The project's job in the setting PopArt exists for: scaled TabularMDP (rewards x 10^U(-2, 3)), PopArt with
-    # the recommended options (the MAMLConfig defaults), learning beta and one inner lr per parameter tensor from the
-    # policy objective (one shared lr kills the body once it grows past ~10: see the README's results).
+    # The project's job in the setting PopArt exists for: scaled TabularMDP (rewards x 10^U(-2, 3)), PopArt learning
+    # beta and one inner lr per parameter tensor from the policy objective (one shared lr kills the body once it
+    # grows past ~10), K = 2. The statistics are Algorithm 1's constant beta from mu = 0, nu = 1 (not debiased), the
+    # schedule in which beta is a lever, started at 0.9: from the paper's 0.1 the meta-gradient lowers beta into the
+    # worse of two basins (see the README's results: "What beta does in MAML").
     "demo": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "scaled": True, "iterations": 500,
-             "eval_every": 50},
+             "eval_every": 50, "debias": False, "beta": 0.9, "inner_steps": 2},
     # CI smoke run.
     "smoke": {"popart": True, "learn": ("beta", "lr"), "lr_per_parameter": True, "iterations": 3, "tasks": 4,
               "trajectories": 4, "eval_every": 2, "eval_tasks": 4},
@@ -347,9 +356,16 @@ class TrainResult:
     written: list[str] = dataclasses.field(default_factory=list)
 
 
-def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, Any]], wall: float,
+             train_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {"iterations": learner.iteration, "wall_time_s": round(wall, 2)} | learner.meta.summary() \
         | learner.health()
+    rows = [r for r in train_rows or [] if "grad_logit_beta" in r and "grad_log_lr" in r]
+    if rows:  # a learned beta's meta-gradient signal (maml.parts.gradient_signal): first 10 and 50 iterations
+        first10 = gradient_signal([r["grad_logit_beta"] for r in rows[:10]], [r["grad_log_lr"] for r in rows[:10]])
+        first50 = gradient_signal([r["grad_logit_beta"] for r in rows[:50]], [r["grad_log_lr"] for r in rows[:50]])
+        s |= {"beta_grad_ratio_first10": first10["ratio"], "beta_grad_t_first50": first50["t"],
+              "beta_grad_zeros": int(sum(r["grad_logit_beta"] == 0.0 for r in rows))}
     if eval_rows:
         last = eval_rows[-1]
         s |= {k: v for k, v in last.items() if k.startswith("test_")}
@@ -621,7 +637,8 @@ def _train_loop(cfg: MAMLConfig, out: Path, learner: MetaLearner, history: dict[
         if writer is not None:
             writer.close()
 
-    summary = _summary(cfg, learner, history["eval"], time.perf_counter() - start) | {"status": status}
+    summary = _summary(cfg, learner, history["eval"], time.perf_counter() - start, history["train"]) \
+        | {"status": status}
     if meta_after is not None:
         summary |= {"iterations": done, "lr": meta_after["lr"], "beta": meta_after["beta"]}
     written: list[str] = []
@@ -670,7 +687,8 @@ def format_summary(result: TrainResult) -> str:
     s = result.summary
     rows = [("status", s["status"]), ("iterations", s["iterations"]), ("wall time [s]", s["wall_time_s"])]
     for key in ("test_pre_return", "test_post_return", "adaptation_gain", "test_pre_return_norm",
-                "test_post_return_norm", "adaptation_gain_norm", "beta", "lr", "live_units", "logit_spread"):
+                "test_post_return_norm", "adaptation_gain_norm", "beta", "lr", "live_units", "logit_spread",
+                "beta_grad_ratio_first10", "beta_grad_t_first50", "beta_grad_zeros"):
         if key in s:
             rows.append((key, f"{s[key]:.4g}"))
     width = max(len(k) for k, _ in rows)

@@ -15,7 +15,7 @@ from metaopt.maml.learner import (
     make_env,
     make_model,
 )
-from metaopt.maml.parts import meta_parameter_role, routed_meta_gradient
+from metaopt.maml.parts import gradient_signal, meta_parameter_role, routed_meta_gradient
 
 __all__ = [
     "COLLAPSED_SPREAD",
@@ -33,6 +33,7 @@ __all__ = [
     "PolicyCollapseWarning",
     "Rollouts",
     "check_finite",
+    "gradient_signal",
     "make_env",
     "make_model",
     "meta_parameter_role",

@@ -10,6 +10,8 @@ r"""The pieces of :class:`~metaopt.maml.MetaLearner`'s step that a hand-written 
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,7 +21,7 @@ from metaopt._validation import check_choice
 from metaopt.maml.config import OBJECTIVES
 from metaopt.meta_params import MetaParameters
 
-__all__ = ["meta_parameter_role", "routed_meta_gradient"]
+__all__ = ["meta_parameter_role", "routed_meta_gradient", "gradient_signal"]
 
 
 def meta_parameter_role(name: str) -> str:
@@ -69,3 +71,32 @@ def routed_meta_gradient(objectives: Mapping[str, Tensor], theta: Sequence[Tenso
             grads[i] = g
     out = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
     return out[: len(theta)], out[len(theta):]
+
+
+def gradient_signal(grads: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+    r"""Is a meta-parameter's meta-gradient a steady signal or zero-mean noise, over a window of iterations?
+
+    .. math::
+        t = \frac{\bar g}{s_g / \sqrt{n}}, \qquad
+        \text{ratio} = \frac{\operatorname{median}|g|}{\operatorname{median}|r|}
+
+    ``t`` is the one-sample t-statistic of the per-iteration derivatives ``g`` (0 with fewer than two values or no
+    spread; ``|t| >= 2`` is a steady sign), ``positive`` the fraction of positive ones, ``ratio`` their typical size
+    against a reference meta-gradient ``r`` (e.g. ``d/dlog lr``; NaN when its median is 0) and ``zeros`` how many
+    were exactly 0.
+
+    Args:
+        grads: Per-iteration derivatives (e.g. the metrics rows' ``grad_logit_beta``).
+        reference: The reference derivatives of the same iterations (e.g. ``grad_log_lr``).
+
+    Returns:
+        ``{"t", "positive", "ratio", "zeros"}``.
+    """
+    g = [float(x) for x in grads]
+    sd = statistics.stdev(g) if len(g) >= 2 else 0.0
+    ref = [abs(float(x)) for x in reference]
+    med_ref = statistics.median(ref) if ref else 0.0
+    return {"t": statistics.fmean(g) / (sd / math.sqrt(len(g))) if sd else 0.0,
+            "positive": sum(x > 0 for x in g) / max(1, len(g)),
+            "ratio": statistics.median(abs(x) for x in g) / med_ref if g and med_ref else math.nan,
+            "zeros": float(sum(x == 0.0 for x in g))}

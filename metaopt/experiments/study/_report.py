@@ -10,6 +10,7 @@ from typing import Any
 
 from metaopt.artifacts import save_figure
 from metaopt.experiments.study._runs import t_interval
+from metaopt.maml.parts import gradient_signal
 
 __all__ = ["aggregate", "targets", "markdown", "plot"]
 
@@ -51,14 +52,6 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(out)
 
 
-def _t_stat(xs: list[float]) -> float:
-    """One-sample t-statistic of the mean (0 for fewer than two values or no spread)."""
-    if len(xs) < 2:
-        return 0.0
-    sd = statistics.stdev(xs)
-    return 0.0 if sd == 0 else statistics.fmean(xs) / (sd / math.sqrt(len(xs)))
-
-
 def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str, float]:
     """The meta-gradient's signal of one run with a learned beta: is its sign steady, or zero-mean noise?
 
@@ -73,12 +66,8 @@ def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str
     mid = max(0, n // 2 - window // 2)
     out: dict[str, float] = {"zeros": float(sum(x == 0.0 for x in g))}
     for name, sl in (("init", slice(0, window)), ("mid", slice(mid, mid + window))):
-        part = g[sl]
-        out[f"t_{name}"] = _t_stat(part)
-        out[f"positive_{name}"] = sum(x > 0 for x in part) / max(1, len(part))
-        lrp = [abs(x) for x in lr[sl]]
-        med_lr = statistics.median(lrp) if lrp else math.nan
-        out[f"ratio_{name}"] = statistics.median([abs(x) for x in part]) / med_lr if med_lr else math.nan
+        sig = gradient_signal(g[sl], lr[sl])
+        out |= {f"t_{name}": sig["t"], f"positive_{name}": sig["positive"], f"ratio_{name}": sig["ratio"]}
     return out
 
 
