@@ -361,10 +361,12 @@ def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, An
     s: dict[str, Any] = {"iterations": learner.iteration, "wall_time_s": round(wall, 2)} | learner.meta.summary() \
         | learner.health()
     rows = [r for r in train_rows or [] if "grad_logit_beta" in r and "grad_log_lr" in r]
-    if rows:  # a learned beta's meta-gradient signal (maml.parts.gradient_signal): first 10 and 50 iterations
-        first10 = gradient_signal([r["grad_logit_beta"] for r in rows[:10]], [r["grad_log_lr"] for r in rows[:10]])
-        first50 = gradient_signal([r["grad_logit_beta"] for r in rows[:50]], [r["grad_log_lr"] for r in rows[:50]])
-        s |= {"beta_grad_ratio_first10": first10["ratio"], "beta_grad_t_first50": first50["t"],
+    if rows:  # a learned beta's meta-gradient signal (maml.gradient_signal): first 10, first 50 and last 50 rows
+        def signal(part: list[dict[str, Any]]) -> dict[str, float]:
+            return gradient_signal([r["grad_logit_beta"] for r in part], [r["grad_log_lr"] for r in part])
+
+        s |= {"beta_grad_ratio_first10": signal(rows[:10])["ratio"], "beta_grad_t_first50": signal(rows[:50])["t"],
+              "beta_grad_t_last50": signal(rows[-50:])["t"],
               "beta_grad_zeros": int(sum(r["grad_logit_beta"] == 0.0 for r in rows))}
     if eval_rows:
         last = eval_rows[-1]
@@ -688,7 +690,7 @@ def format_summary(result: TrainResult) -> str:
     rows = [("status", s["status"]), ("iterations", s["iterations"]), ("wall time [s]", s["wall_time_s"])]
     for key in ("test_pre_return", "test_post_return", "adaptation_gain", "test_pre_return_norm",
                 "test_post_return_norm", "adaptation_gain_norm", "beta", "lr", "live_units", "logit_spread",
-                "beta_grad_ratio_first10", "beta_grad_t_first50", "beta_grad_zeros"):
+                "beta_grad_ratio_first10", "beta_grad_t_first50", "beta_grad_t_last50", "beta_grad_zeros"):
         if key in s:
             rows.append((key, f"{s[key]:.4g}"))
     width = max(len(k) for k, _ in rows)
