@@ -120,14 +120,15 @@ def _with_zero_lr(learner):
     return learner
 
 
+@pytest.mark.parametrize("debias", [True, False], ids=["debiased", "constant"])
 @pytest.mark.parametrize("objective", ["policy", "total"])
-def test_beta_gets_no_meta_gradient_without_an_inner_step(objective):
+def test_beta_gets_no_meta_gradient_without_an_inner_step(objective, debias):
     # The artifact of the normalized outer value loss ((G - mu')/sigma' - n')^2: raising sigma' through beta lowers
     # it even when the inner loop does nothing. With lr = 0 the adapted policy and values do not depend on beta, so
     # any meta-gradient of beta is that artifact. The default objective (beta follows the policy term) gives exactly
     # 0; following the total with the stop-gradient-scale value loss gives 0 up to rounding.
     def grad_beta(**kw):
-        learner = _with_zero_lr(MetaLearner(tiny(learn=("beta",), scaled=True, inner_steps=2, **kw)))
+        learner = _with_zero_lr(MetaLearner(tiny(learn=("beta",), scaled=True, inner_steps=2, debias=debias, **kw)))
         mg = learner.meta_gradient(learner.sample_iteration())
         return float(dict(zip([n for n, _ in learner.named_parameters()], mg.grads, strict=True))["meta.logit_beta"])
 
@@ -136,8 +137,15 @@ def test_beta_gets_no_meta_gradient_without_an_inner_step(objective):
     got = grad_beta(beta_objective=objective)
     if objective == "policy":
         assert got == 0.0
-    else:
+    elif debias:
         assert abs(got) <= 1e-12 * abs(gamed)
+    else:
+        # Constant statistics: the first ART step's statistics depend on beta, and with first_pop=False theta_0's head
+        # is read as a normalized prediction under them, so V = sigma_1 n + mu_1 (and its value error) moves with beta
+        # at lr = 0 -- a channel of the total objective only, and exactly the first step's read: with POP at the first
+        # step too (V preserved) it is gone.
+        assert abs(got) > 1e-3
+        assert abs(grad_beta(beta_objective=objective, first_pop=True)) <= 1e-12 * abs(gamed)
 
 
 def test_lr_follows_the_policy_term_theta_follows_both():
