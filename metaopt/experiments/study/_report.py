@@ -309,7 +309,9 @@ def plot(agg: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
                                 yerr=[0 if math.isnan(other[1]) else other[1]], color=color,
                                 label=f"learned {method.removeprefix(f'learned-beta-{tag}-')}")
             ax.axhline(0.0, color="gray", lw=0.8)
-            ax.set_xscale("log")
+            ax.set_xscale("logit")  # beta in (0, 1): both ends resolved (0.003 ... 0.999)
+            ax.set_xticks([b for b, _ in fixed], [f"{b:g}" for b, _ in fixed], fontsize=7, rotation=45)
+            ax.minorticks_off()
             ax.set_xlabel("beta")
             ax.set_title(tag)
             ax.grid(alpha=0.3)
