@@ -32,6 +32,7 @@ def first_meta_gradient(cfg):
 @pytest.mark.parametrize("steps,popart,kw", [
     (1, True, {"debias": False, "first_pop": True}),  # with debias, K = 1 leaves beta no role (beta_1 = 1)
     (2, True, {}),
+    (2, True, {"debias": False, "beta": 0.9, "lr_per_parameter": True, "scaled": True}),  # the demo's configuration
     (3, True, {"inner_optimizer": "adam", "outer_value": "normalized"}),
     (1, False, {}),
 ])
