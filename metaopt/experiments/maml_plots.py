@@ -53,7 +53,7 @@ def plot_run(out: Path, train_rows: list[dict[str, Any]], eval_rows: list[dict[s
     for ax, key in zip(axes, ("beta", "lr"), strict=False):
         ax.plot(it, [r[key] for r in train_rows])
         ax.set_xlabel("meta-iteration")
-        ax.set_yscale("log")
+        ax.set_yscale("logit" if key == "beta" else "log")  # beta in (0, 1): 0.9 vs 0.99 resolved
         mean = " (mean over parameters)" if key == "lr" and cfg.lr_per_parameter else ""
         ax.set_title(f"{key} ({'learned' if key in cfg.learn else 'fixed'}){mean}")
         ax.grid(alpha=0.3)
