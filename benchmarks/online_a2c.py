@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from metaopt.artifacts import write_json
+from metaopt.experiments.study import t_interval
 
 BETAS = (0.001, 0.01, 0.1)
 LRS = (0.03, 0.1, 0.3)
 START = (0.01, 0.1)
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
 def _example() -> Any:
@@ -41,8 +41,8 @@ def _example() -> Any:
 
 
 def _ci(values: list[float]) -> dict[str, float]:
-    mean = statistics.fmean(values)
-    half = T95.get(len(values), 1.96) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    mean, half = t_interval(values)
+    half = 0.0 if math.isnan(half) else half
     return {"mean": mean, "lo": mean - half, "hi": mean + half}
 
 

@@ -366,8 +366,7 @@ def _summary(cfg: MAMLConfig, learner: MetaLearner, eval_rows: list[dict[str, An
             return gradient_signal([r["grad_logit_beta"] for r in part], [r["grad_log_lr"] for r in part])
 
         s |= {"beta_grad_ratio_first10": signal(rows[:10])["ratio"], "beta_grad_t_first50": signal(rows[:50])["t"],
-              "beta_grad_t_last50": signal(rows[-50:])["t"],
-              "beta_grad_zeros": int(sum(r["grad_logit_beta"] == 0.0 for r in rows))}
+              "beta_grad_t_last50": signal(rows[-50:])["t"], "beta_grad_zeros": int(signal(rows)["zeros"])}
     if eval_rows:
         last = eval_rows[-1]
         s |= {k: v for k, v in last.items() if k.startswith("test_")}

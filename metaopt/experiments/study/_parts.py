@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metaopt.experiments.study._runs import RunSpec
+from metaopt.maml import MAMLConfig
 
 __all__ = ["PARTS", "StudySettings", "QUICK", "build_runs"]
 
 #: The study's parts, in the order they run (``--parts``).
 PARTS = ("meta-lr", "scale", "interior", "beta", "estimators", "ablation")
 #: Statistics schedules of the beta part: the ``debias`` value of each, and the suffix of its method names.
-STATISTICS = ("debiased", "constant")
 _STATISTICS = {"debiased": (True, ""), "constant": (False, "-constant")}
-#: MAMLConfig's initial beta: the learned-beta runs that start there keep their names without ``-from``.
-DEFAULT_BETA = 0.1
+STATISTICS = tuple(_STATISTICS)
 
 
 @dataclass
@@ -166,7 +165,8 @@ def build_runs(s: StudySettings) -> list[RunSpec]:
                         add("beta", f"fixed-beta-{tag}", b, k | per | {"learn": ("lr",), "beta": b}, s.scales,
                             s.seeds)
                     for start in s.beta_starts:
-                        name = f"learned-beta-{tag}" + ("" if start == DEFAULT_BETA else f"-from{start:g}")
+                        # runs from MAMLConfig's default beta keep the names of the committed study
+                        name = f"learned-beta-{tag}" + ("" if start == MAMLConfig.beta else f"-from{start:g}")
                         add("beta", name, None, k | per | {"beta": start}, s.scales, s.seeds)
             k = scaled | {"inner_steps": s.beta_steps[0], "trajectories": s.beta_trajectories[-1], "debias": debias}
             add("beta", f"learned-beta-shared-lr-K{s.beta_steps[0]}-T{s.beta_trajectories[-1]}{suffix}", None,

@@ -64,7 +64,7 @@ def signal_summary(signal: dict[str, list[float]], window: int = 50) -> dict[str
     lr = signal.get("grad_log_lr", [])
     n = len(g)
     mid = max(0, n // 2 - window // 2)
-    out: dict[str, float] = {"zeros": float(sum(x == 0.0 for x in g))}
+    out: dict[str, float] = {"zeros": gradient_signal(g, lr)["zeros"]}
     for name, sl in (("init", slice(0, window)), ("mid", slice(mid, mid + window))):
         sig = gradient_signal(g[sl], lr[sl])
         out |= {f"t_{name}": sig["t"], f"positive_{name}": sig["positive"], f"ratio_{name}": sig["ratio"]}
