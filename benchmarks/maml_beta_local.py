@@ -30,7 +30,6 @@ final beta and the study's exact gain/c (``exact_gains``: 40 test tasks x 6 scal
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -41,14 +40,14 @@ import torch
 
 from metaopt.artifacts import write_json
 from metaopt.envs import sample_tasks
-from metaopt.experiments.study._runs import TEST_SEED, _at_scales, _returns, exact_gains
+from metaopt.experiments.study import exact_gains, t_interval
+from metaopt.experiments.study._runs import TEST_SEED
 from metaopt.maml import MAMLConfig, MetaLearner
 
 SCALES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 SCHEDULES = {"constant": False, "debiased": True}
 POINTS = (("init", 0.1, False), ("trained beta=0.1", 0.1, True), ("trained beta=0.9", 0.9, True))
 STEP = 0.3
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
 def config(debias: bool, beta: float, learn: tuple[str, ...], seed: int, iterations: int) -> MAMLConfig:
@@ -58,30 +57,25 @@ def config(debias: bool, beta: float, learn: tuple[str, ...], seed: int, iterati
                       eval_tasks=1, dtype="float64").validate()
 
 
-def post_returns(learner: MetaLearner, repeats: int) -> torch.Tensor:
-    """Exact ``J(theta') / c`` per scale: mean over the test tasks and ``repeats`` adaptations (fixed noise)."""
-    base = sample_tasks(40, num_states=learner.cfg.num_states, num_actions=learner.cfg.num_actions, seed=TEST_SEED)
-    tasks = _at_scales(base, SCALES)
-    c = tasks.scales.to(torch.float64)
-    total = torch.zeros(tasks.num_tasks, dtype=torch.float64)
-    for rep in range(repeats):
-        gen = torch.Generator().manual_seed(7_001 + rep)
-        noise = tuple(learner._noise(tasks.num_tasks, learner.cfg.trajectories, gen)
-                      for _ in range(learner.cfg.num_inner_steps))
-        r = learner.adapt_and_rollout(tasks, noise, None, "func")
-        total += _returns(learner, tasks, {k: v.detach() for k, v in r.adapted.items()})
-    return (total / repeats / c).view(len(SCALES), base.num_tasks).mean(1)
+def test_gains(learner: MetaLearner, repeats: int, seed: int) -> torch.Tensor:
+    """The study's exact gain/c (``exact_gains``) on its 40 test tasks, ``[scale, task]``."""
+    cfg = learner.cfg
+    base = sample_tasks(40, num_states=cfg.num_states, num_actions=cfg.num_actions, seed=TEST_SEED)
+    return exact_gains(learner, base, SCALES, trajectories=cfg.trajectories, repeats=repeats, seed=seed)
 
 
-def exact_slope(learner: MetaLearner, repeats: int) -> list[float]:
-    """Central difference of :func:`post_returns` in ``logit beta`` (per scale)."""
+def exact_slope(learner: MetaLearner, repeats: int, seed: int) -> list[float]:
+    """Central difference in ``logit beta`` of the exact ``J(theta') / c`` per scale (mean over the test tasks).
+
+    ``J(theta_0)`` does not depend on beta, so this is the difference of :func:`test_gains` (common random numbers).
+    """
     p = learner.meta.logit_beta
     with torch.no_grad():
         x0 = p.detach().clone()
         vals = []
         for d in (STEP, -STEP):
             p.copy_(x0 + d)
-            vals.append(post_returns(learner, repeats))
+            vals.append(test_gains(learner, repeats, seed).mean(1))
         p.copy_(x0)
     return ((vals[0] - vals[1]) / (2 * STEP)).tolist()
 
@@ -97,13 +91,6 @@ def sampled_slopes(learner: MetaLearner, batches: int) -> list[float]:
     return out
 
 
-def mean_ci(xs: list[float]) -> tuple[float, float]:
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return m, math.nan
-    return m, T95.get(len(xs), 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
 def point(debias: bool, beta: float, trained: bool, seed: int, a: argparse.Namespace) -> dict[str, Any]:
     """One seed at one point: train with beta fixed (if ``trained``), then measure both slopes at beta."""
     probe = MetaLearner(config(debias, beta, ("lr", "beta"), seed, a.iterations))
@@ -115,7 +102,7 @@ def point(debias: bool, beta: float, trained: bool, seed: int, a: argparse.Names
         with torch.no_grad():
             for name, t in probe.meta.log_lrs.items():
                 t.copy_(fixed.meta.log_lrs[name])
-    return {"exact": exact_slope(probe, a.repeats), "sampled": sampled_slopes(probe, a.batches)}
+    return {"exact": exact_slope(probe, a.repeats, seed), "sampled": sampled_slopes(probe, a.batches)}
 
 
 def learned_from(beta: float, seed: int, a: argparse.Namespace) -> dict[str, float]:
@@ -123,8 +110,7 @@ def learned_from(beta: float, seed: int, a: argparse.Namespace) -> dict[str, flo
     learner = MetaLearner(config(False, beta, ("lr", "beta"), seed, a.iterations))
     for _ in range(a.iterations):
         learner.step()
-    base = sample_tasks(40, num_states=learner.cfg.num_states, num_actions=learner.cfg.num_actions, seed=TEST_SEED)
-    gains = exact_gains(learner, base, SCALES, trajectories=learner.cfg.trajectories, repeats=4, seed=seed)
+    gains = test_gains(learner, 4, seed)
     return {"beta": float(torch.sigmoid(learner.meta.logit_beta.detach())), "gain": float(gains.mean()),
             "worst_gain": float(gains.mean(1).min())}
 
@@ -172,16 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             by_scale = [statistics.fmean(x["exact"][j] for x in per_seed) for j in range(len(SCALES))]
             sampled = [v for x in per_seed for v in x["sampled"]]
             rows.append({"schedule": sched, "point": name, "beta": beta, "exact_by_scale": by_scale,
-                         "exact_mean": statistics.fmean(by_scale), "sampled": mean_ci(sampled),
+                         "exact_mean": statistics.fmean(by_scale), "sampled": t_interval(sampled),
                          "per_seed": per_seed})
-            print(f"{sched} {name}: exact {statistics.fmean(by_scale):+.4f} sampled {mean_ci(sampled)[0]:+.2e}",
+            print(f"{sched} {name}: exact {statistics.fmean(by_scale):+.4f} sampled {t_interval(sampled)[0]:+.2e}",
                   file=sys.stderr, flush=True)
     starts = []
     for beta in (0.1, 0.9):
         per_seed = [learned_from(beta, s, a) for s in range(a.seeds)]
         starts.append({"start": beta, "beta": [x["beta"] for x in per_seed],
-                       "gain": mean_ci([x["gain"] for x in per_seed]),
-                       "worst_gain": mean_ci([x["worst_gain"] for x in per_seed])})
+                       "gain": t_interval([x["gain"] for x in per_seed]),
+                       "worst_gain": t_interval([x["worst_gain"] for x in per_seed])})
         print(f"learned from {beta}: {starts[-1]}", file=sys.stderr, flush=True)
     res = {"command": "python benchmarks/maml_beta_local.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "seeds": a.seeds, "iterations": a.iterations, "repeats": a.repeats, "batches": a.batches,
